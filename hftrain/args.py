@@ -49,10 +49,37 @@ class HFTrainArguments:
         },
     )
 
+    # --- tracker (hftrain.tracking) ---------------------------------------------------------------------------
+
+    # --- evaluation metrics (hftrain.metrics) ------------------------------------------------------------------
+
+    # --- curriculum (hftrain.curriculum) -----------------------------------------------------------------------
+
     def hftrain_post_init(self) -> None:
         """Validate hftrain's fields; called by each combined class before upstream's `__post_init__`."""
         if not isinstance(self.auto_resume, bool):
             raise ConfigError(f"auto_resume: expected true or false, got {self.auto_resume!r}")
+        if hasattr(self, "use_cpu") and not self.use_cpu and _launched_without_accelerator():
+            # Under `accelerate launch` / torchrun on a machine with no GPU, transformers only forms a gloo
+            # process group when `use_cpu` is set; otherwise each process silently trains alone.
+            self.use_cpu = True
+        # tracker checks
+
+        # evaluation-metric checks
+
+        # curriculum checks
+
+
+def _launched_without_accelerator() -> bool:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    import torch
+
+    accelerators = [torch.cuda.is_available()]
+    for name in ("xpu", "npu", "mlu", "musa"):
+        backend = getattr(torch, name, None)
+        accelerators.append(bool(backend is not None and backend.is_available()))
+    return not any(accelerators)
 
 
 def hftrain_settings(args: Any) -> HFTrainArguments:

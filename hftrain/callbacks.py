@@ -19,4 +19,10 @@ def build_callbacks(trainer: Any) -> list[TrainerCallback]:
     """The hftrain callbacks `trainer.args` asks for, in the order they should run."""
     settings = hftrain_settings(trainer.args)  # noqa: F841  (features read it as they are added)
     callbacks: list[TrainerCallback] = []
+    # curriculum callbacks
+
+    # evaluation-metric callbacks
+
+    # tracker callback (last, so it records what the others logged)
+
     return callbacks

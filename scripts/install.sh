@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs torch (pinned CPU build unless HFTRAIN_TORCH says otherwise), then hftrain with the given extras.
+# Sourced by scripts/test.sh and scripts/quickstart.sh; safe to run again (pip skips what is installed).
+set -euo pipefail
+EXTRAS="${1:-}"
+PY="${PYTHON:-python3}"
+TORCH_REQ="${HFTRAIN_TORCH:-torch==2.13.0}"
+if ! "$PY" -c "import torch" >/dev/null 2>&1; then
+  "$PY" -m pip install --quiet "$TORCH_REQ"
+fi
+if [ -n "$EXTRAS" ]; then
+  "$PY" -m pip install --quiet -e ".[${EXTRAS}]"
+else
+  "$PY" -m pip install --quiet -e .
+fi
