@@ -50,10 +50,207 @@ class HFTrainArguments:
     )
 
     # --- tracker (hftrain.tracking) ---------------------------------------------------------------------------
+    tracker: bool = field(
+        default=True,
+        metadata={"help": "Record the run (params, curves, system info, status) in the local SQLite tracker; "
+                  "`hftrain runs list` shows it. false turns it off."},
+    )
+    tracker_db: Optional[str] = field(
+        default=None,
+        metadata={"help": "Tracker database file. Empty: $HFTRAIN_TRACKER_DB, else ~/.cache/hftrain/runs.db."},
+    )
+    tracker_experiment: Optional[str] = field(
+        default=None, metadata={"help": "Experiment the run belongs to. Empty: $HFTRAIN_EXPERIMENT, else `default`."}
+    )
+    tracker_tags: Optional[str] = field(
+        default=None, metadata={"help": "Tags for the run, `key=value,key2=value2`."}
+    )
+    tracker_system_interval: float = field(
+        default=30.0,
+        metadata={"help": "Seconds between `sys/` samples (samples/s, tokens/s, memory, GPU use) and heartbeats; "
+                  "0 turns sampling off."},
+    )
+    tracker_heartbeat_timeout: float = field(
+        default=300.0,
+        metadata={"help": "Seconds without a heartbeat after which a run still marked running reads as crashed."},
+    )
+    tracker_hash_max_mb: float = field(
+        default=100.0, metadata={"help": "Checkpoint files up to this size (MB) get a SHA-256 in the tracker."}
+    )
 
     # --- evaluation metrics (hftrain.metrics) ------------------------------------------------------------------
+    eval_metrics: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Metrics computed at every evaluation, by name: bleu chrf rouge1 rouge2 rougeL rougeLsum "
+            "exact_match numeric_match sections perplexity dpo, an import path `module:function`, or an `evaluate` "
+            "module (needs the Hub). Empty (default): evaluation is the parent's, unchanged. See docs/metrics.md."
+        },
+    )
+    eval_generation_samples: int = field(
+        default=64, metadata={"help": "Eval rows (the first N) to generate from for generation metrics; 0 = all."}
+    )
+    eval_generation_batch_size: Optional[int] = field(
+        default=None, metadata={"help": "Prompts per generation batch. None: `per_device_eval_batch_size`."}
+    )
+    eval_max_new_tokens: int = field(default=64, metadata={"help": "Tokens generated per prompt at evaluation."})
+    eval_num_beams: Optional[int] = field(
+        default=None, metadata={"help": "Beams for evaluation generation. None: `generation_num_beams` or 1."}
+    )
+    eval_do_sample: bool = field(
+        default=False, metadata={"help": "Sample instead of greedy decoding (seeded per batch from `seed`)."}
+    )
+    eval_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature with `eval_do_sample`."})
+    eval_top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling share with `eval_do_sample`."})
+    eval_response_template: Optional[str] = field(
+        default=None,
+        metadata={"help": "For a `text` column: the string that ends the prompt (e.g. `=` or `### Answer:`); "
+                  "the text after it is the reference."},
+    )
+    eval_exact_match_normalization: list[str] = field(
+        default_factory=lambda: ["whitespace"],
+        metadata={"help": "Normalisations before `exact_match` compares: lower punctuation whitespace articles."},
+    )
+    eval_sections: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Section headers the `sections` metric requires, in order; `HEADER::REGEX` also requires "
+                  "the section's content to match REGEX (e.g. `Ingredients:::\\d`)."},
+    )
+    eval_log_samples: int = field(
+        default=4,
+        metadata={"help": "(prompt, generation, reference) rows written per evaluation to "
+                  "`output_dir/eval_samples/*.jsonl` and logged as `eval_samples_file`. 0: none."},
+    )
 
     # --- curriculum (hftrain.curriculum) -----------------------------------------------------------------------
+    curriculum: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Curriculum scorer: `length` (tokens; DPO: prompt + longer answer), `column` (a numeric column, "
+            "see `curriculum_column`), `loss` (loss of the initial model or `curriculum_loss_model`), a name given "
+            "to `hftrain.curriculum.register_scorer`, or `module:function` (row -> float). None: random order."
+        },
+    )
+    curriculum_column: str = field(
+        default="difficulty", metadata={"help": "Numeric column scored by `curriculum: column` (lower = easier)."}
+    )
+    curriculum_loss_model: Optional[str] = field(
+        default=None,
+        metadata={"help": "For `curriculum: loss`: a model path or Hub id to score with. None: the initial model."},
+    )
+    curriculum_loss_batch_size: int = field(
+        default=32, metadata={"help": "Batch size of the one-off scoring pass of `curriculum: loss`."}
+    )
+    curriculum_reverse: bool = field(
+        default=False, metadata={"help": "Order hard to easy (for ablations)."}
+    )
+    curriculum_pacing: str = field(
+        default="root",
+        metadata={
+            "help": "Share of the data open at each step: `linear`, `root` (competence), `geometric`, `step` "
+            "(stages), or `none` (fixed easy-to-hard order, no sampling).",
+            "choices": ["linear", "root", "geometric", "step", "none"],
+        },
+    )
+    curriculum_start: float = field(
+        default=0.2, metadata={"help": "Share of the data (easiest first) open at the first step, in (0, 1]."}
+    )
+    curriculum_full_at: float = field(
+        default=0.5, metadata={"help": "Share of training (of all optimizer steps) after which all data is open."}
+    )
+    curriculum_stages: Optional[list[float]] = field(
+        default=None,
+        metadata={"help": "For `curriculum_pacing: step`: the open shares, each held for an equal part of the ramp."},
+    )
+
+
+    # --- monitor, alerts, resilience (hftrain.monitor, hftrain.alerts, hftrain.resilience; docs/monitor.md) --------
+    monitor: bool = field(
+        default=True,
+        metadata={"help": "Watch every step for NaN/Inf, loss spikes, gradient explosions, a zero learning rate and a "
+                  "loss that stopped moving. Changes nothing and draws no random numbers while nothing is wrong."},
+    )
+    monitor_nonfinite_action: str = field(
+        default="skip",
+        metadata={"help": "What to do on a NaN/Inf loss or gradient norm: warn, skip (the update is not applied), "
+                  "stop (save a checkpoint and stop) or rollback (reload the last valid checkpoint)."},
+    )
+    monitor_loss_spike_action: str = field(
+        default="warn", metadata={"help": "Action on a loss spike: warn, skip, stop or rollback."}
+    )
+    monitor_grad_explosion_action: str = field(
+        default="warn", metadata={"help": "Action on a gradient-norm explosion: warn, skip, stop or rollback."}
+    )
+    monitor_spike_threshold: float = field(
+        default=8.0,
+        metadata={"help": "A step's loss or gradient norm is a spike when it exceeds the running median by this many "
+                  "robust standard deviations (1.4826 x MAD, at least 10% of the median)."},
+    )
+    monitor_window: int = field(default=100, metadata={"help": "Steps in the running median/MAD window."})
+    monitor_min_history: int = field(
+        default=10, metadata={"help": "Steps seen before spikes are judged (the first steps are too noisy)."}
+    )
+    monitor_max_skips: int = field(
+        default=5, metadata={"help": "Consecutive skipped steps after which the monitor stops the run instead."}
+    )
+    monitor_stall_logs: int = field(
+        default=20,
+        metadata={"help": "Warn when the logged loss has not moved for this many logs, or the learning rate is zero "
+                  "after warmup. 0 turns both checks off."},
+    )
+    monitor_stall_action: str = field(default="warn", metadata={"help": "Action on a stalled run: warn or stop."})
+    monitor_max_rollbacks: int = field(
+        default=3, metadata={"help": "Rollbacks allowed per run; the next anomaly that asks for one stops the run."}
+    )
+    monitor_rollback_lr_factor: float = field(
+        default=0.5, metadata={"help": "Multiply the learning rate by this after each rollback (1.0 keeps it)."}
+    )
+    overfit_gap: float = field(
+        default=0.0, metadata={"help": "Flag overfitting when eval_loss exceeds the train loss by more than this. 0: off."}
+    )
+    overfit_patience: int = field(
+        default=3,
+        metadata={"help": "Flag overfitting when eval_loss rose for this many evaluations in a row while the train "
+                  "loss fell. 0: off."},
+    )
+    overfit_action: str = field(default="warn", metadata={"help": "Action on overfitting: warn or stop."})
+    early_stopping_patience: int = field(
+        default=0,
+        metadata={"help": "Stop after this many evaluations without improvement of `early_stopping_metric` "
+                  "(transformers' EarlyStoppingCallback). 0: off."},
+    )
+    early_stopping_threshold: float = field(
+        default=0.0, metadata={"help": "Smallest change of the metric that counts as an improvement."}
+    )
+    early_stopping_metric: Optional[str] = field(
+        default=None,
+        metadata={"help": "Eval metric early stopping watches, e.g. `eval_loss` or `bleu`. Default: "
+                  "`metric_for_best_model`, else `eval_loss`."},
+    )
+    early_stopping_mode: Optional[str] = field(
+        default=None, metadata={"help": "`min` or `max`. Default: `max` for metrics other than losses."}
+    )
+    alert_webhook_url: Optional[str] = field(
+        default=None,
+        metadata={"help": "POST alerts (anomalies, stop, finish, failure) as JSON to this URL. Slack and Discord "
+                  "webhooks get their own body shape. Prefer the HFTRAIN_ALERT_WEBHOOK_URL environment variable: "
+                  "arguments are saved with every checkpoint."},
+    )
+    alert_format: str = field(
+        default="auto", metadata={"help": "Webhook body: auto (from the URL), json, slack or discord."}
+    )
+    alert_timeout: float = field(default=5.0, metadata={"help": "Seconds before one webhook request is abandoned."})
+    alert_retries: int = field(default=2, metadata={"help": "Retries of a failed webhook request (with backoff)."})
+    graceful_signals: bool = field(
+        default=True,
+        metadata={"help": "On SIGTERM/SIGINT, save a checkpoint at the next step boundary and stop cleanly. A second "
+                  "signal acts at once."},
+    )
+    signal_exit: bool = field(
+        default=True,
+        metadata={"help": "After that checkpoint, end the process (status 128 + signal number) once `train()` "
+                  "returns. false: `train()` just returns."},
+    )
 
     def hftrain_post_init(self) -> None:
         """Validate hftrain's fields; called by each combined class before upstream's `__post_init__`."""
@@ -64,10 +261,24 @@ class HFTrainArguments:
             # process group when `use_cpu` is set; otherwise each process silently trains alone.
             self.use_cpu = True
         # tracker checks
+        from .tracking.settings import check_tracker_settings
+
+        check_tracker_settings(self)
 
         # evaluation-metric checks
+        from .metrics import check_metric_settings
+
+        check_metric_settings(self)
 
         # curriculum checks
+        from .curriculum import validate_curriculum_settings
+
+        validate_curriculum_settings(self)
+
+        # monitor checks (hftrain.validation keeps the rules next to the rest of the bad-input catalogue)
+        from .validation import check_monitor_args
+
+        check_monitor_args(self)
 
 
 def _launched_without_accelerator() -> bool:
