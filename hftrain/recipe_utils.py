@@ -20,6 +20,11 @@ __all__ = [
     "find_resume_checkpoint",
     "greedy_exact_match",
     "is_main_process",
+    "parse_recipe_args",
+    "start_run",
+    "load_seq2seq_lm",
+    "apply_peft",
+    "finish_run",
 ]
 
 SFT_FORMATS = (("messages",), ("conversations",), ("prompt", "completion"), ("text",))
@@ -134,12 +139,17 @@ def load_causal_lm(model_args, tokenizer, build_default: Optional[Callable] = No
     from .builtin import build_tiny_causal_lm
 
     if not model_args.model_name_or_path:
-        return (build_default or build_tiny_causal_lm)(tokenizer)
+        if build_default is not None:
+            return build_default(tokenizer)
+        heads = max(1, model_args.tiny_hidden_size // 32)
+        return build_tiny_causal_lm(tokenizer, hidden_size=model_args.tiny_hidden_size,
+                                    num_layers=model_args.tiny_num_layers, num_heads=heads)
     kwargs = {"revision": model_args.model_revision, "trust_remote_code": model_args.trust_remote_code}
     if model_args.dtype:
         kwargs["dtype"] = model_args.dtype
     if model_args.attn_implementation:
         kwargs["attn_implementation"] = model_args.attn_implementation
+    kwargs.update(_quantization_kwargs(model_args))
     try:
         return AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
     except Exception as exc:
@@ -208,3 +218,127 @@ def greedy_exact_match(model, tokenizer, prompts: Sequence[str], references: Seq
         tokenizer.padding_side = side
         model.train(was_training)
     return correct / max(1, len(prompts))
+
+
+# -- stages shared by every recipe: arguments, start report, LoRA, the end (save, card, push, where) -----------
+def parse_recipe_args(argv: Optional[list[str]], dataclass_types: Sequence, default_config: str) -> tuple:
+    """Parse YAML + command line into `dataclass_types`; with no `--config`, `default_config` is the base."""
+    from .args import HFTrainParser
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not any(a == "--config" or a.startswith("--config=") for a in argv):
+        argv = ["--config", default_config, *argv]
+    return HFTrainParser(tuple(dataclass_types)).parse_args_and_config(argv)
+
+
+def start_run(training_args, model_args=None) -> Optional[dict]:
+    """Print the preset's choices and the effective global batch (rank 0); returns the push target, if any,
+    with the trainer's own pushes turned off (hftrain pushes once, with its card, at the end)."""
+    from .batching import effective_batch_size, world_size_from_env
+    from .hub import prepare_push
+
+    if is_main_process():
+        for line in getattr(training_args, "hftrain_preset_report", []):
+            print(f"[hftrain] {line}")
+        world = world_size_from_env()
+        print(f"[hftrain] effective batch size {effective_batch_size(training_args, world)} = "
+              f"{training_args.per_device_train_batch_size} per device x {training_args.gradient_accumulation_steps} "
+              f"accumulation x {world} process(es)"
+              + (f" (global_batch_size={training_args.global_batch_size})" if training_args.global_batch_size else ""))
+        if model_args is not None and model_args.use_peft:
+            quant = " on 4-bit weights (QLoRA)" if model_args.load_in_4bit else " on 8-bit weights" if model_args.load_in_8bit else ""
+            print(f"[hftrain] LoRA r={model_args.lora_r} alpha={model_args.lora_alpha} dropout={model_args.lora_dropout} "
+                  f"targets={' '.join(model_args.lora_target_modules) or 'all-linear'}{quant}")
+    return prepare_push(training_args)
+
+
+def _quantization_kwargs(model_args) -> dict:
+    from .peft_utils import quantization_config
+
+    config = quantization_config(model_args)
+    return {} if config is None else {"quantization_config": config}
+
+
+def load_seq2seq_lm(model_args, tokenizer):
+    """The encoder-decoder of `model_name_or_path` (e.g. a T5), or the embedded tiny T5 built from a config."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    from .builtin import build_tiny_seq2seq
+
+    if not model_args.model_name_or_path:
+        return build_tiny_seq2seq(tokenizer, d_model=min(64, model_args.tiny_hidden_size),
+                                  num_layers=model_args.tiny_num_layers)
+    kwargs = {"revision": model_args.model_revision, "trust_remote_code": model_args.trust_remote_code,
+              **_quantization_kwargs(model_args)}
+    if model_args.dtype:
+        kwargs["dtype"] = model_args.dtype
+    try:
+        return AutoModelForSeq2SeqLM.from_pretrained(model_args.model_name_or_path, **kwargs)
+    except Exception as exc:
+        raise _model_error(model_args.model_name_or_path, exc) from exc
+
+
+def apply_peft(model, model_args, training_args, task_type: str = "CAUSAL_LM"):
+    """The model with a LoRA adapter when `use_peft` is set (peft's get_peft_model), else unchanged."""
+    from .peft_utils import apply_lora
+
+    model = apply_lora(model, model_args, task_type=task_type, training_args=training_args)
+    if model_args.use_peft and is_main_process():
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        print(f"[hftrain] LoRA adapter: {trainable:,} trainable of {total:,} parameters ({trainable / total:.2%})")
+    return model
+
+
+def finish_run(trainer, *, model_args, recipe: str, dataset: str, task: str, push_target: Optional[dict],
+               evaluate: bool = True) -> dict:
+    """Save the model (or adapter) and tokenizer, evaluate, merge the adapter if asked, export the run history,
+    write hftrain's model card, push when asked, and print where everything is. Returns the eval metrics."""
+    from .hub import export_run_history, push_results, write_model_card
+    from .peft_utils import merge_and_save
+
+    args = trainer.args
+    output_dir = args.output_dir
+    trainer.save_model(output_dir)
+    trainer.save_state()
+    metrics: dict = {}
+    if evaluate and trainer.eval_dataset is not None:
+        metrics = trainer.evaluate()
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+    if not trainer.is_world_process_zero():
+        return metrics
+    merged = merge_and_save(trainer.model, trainer.processing_class, output_dir) if model_args.merge_adapter else None
+    history = export_run_history(trainer, output_dir)
+    card = write_model_card(trainer, output_dir, recipe=recipe, dataset=dataset, task=task, model_args=model_args,
+                            final_metrics=metrics or None, history_dir=history,
+                            repo_id=push_target["repo_id"] if push_target else None)
+    print(f"[hftrain] model and tokenizer saved to {os.path.abspath(output_dir)}")
+    if merged:
+        print(f"[hftrain] merged model (adapter folded in): {os.path.abspath(merged)}")
+    print(f"[hftrain] metrics: {os.path.abspath(os.path.join(output_dir, 'all_results.json'))}")
+    print(f"[hftrain] model card: {os.path.abspath(card)}")
+    _print_run_record(trainer, history)
+    if push_target:
+        try:
+            url = push_results(output_dir, repo_id=push_target["repo_id"], token=push_target["token"],
+                               private=push_target["private"], revision=push_target["revision"])
+            print(f"[hftrain] pushed to {url}")
+        except HFTrainError as exc:
+            # The local results are complete; a failed upload is reported, not raised, so nothing is lost.
+            print(f"[hftrain] error: {exc}", file=sys.stderr)
+    return metrics
+
+
+def _print_run_record(trainer, history: Optional[str]) -> None:
+    try:
+        from .tracking.callback import find_tracker
+
+        tracker = find_tracker(trainer)
+    except ImportError:
+        tracker = None
+    if tracker is not None and tracker.run_uuid:
+        print(f"[hftrain] run record: {tracker.db_path} (run {tracker.run_uuid[:8]}; `hftrain runs show "
+              f"{tracker.run_uuid[:8]}`)")
+    if history:
+        print(f"[hftrain] run history: {os.path.abspath(history)}")

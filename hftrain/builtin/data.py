@@ -94,8 +94,8 @@ def arithmetic_splits(
 def _plausible_wrong(rng: random.Random, answer: str) -> str:
     value = int(answer)
     candidates = {value + 1, value - 1, value + 10, value - 10}
-    if len(answer) >= 2 and answer[0] != answer[1]:
-        candidates.add(int(answer[1] + answer[0] + answer[2:]))  # swapped digits
+    if len(answer) >= 2 and answer[-1] != answer[-2]:
+        candidates.add(int(answer[:-2] + answer[-1] + answer[-2]))  # the last two digits swapped
     candidates = sorted(c for c in candidates if c >= 0 and c != value)
     return str(rng.choice(candidates))
 
