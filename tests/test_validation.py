@@ -1,0 +1,85 @@
+"""The bad-input catalogue: each entry fails early with a message naming the problem, and writes nothing."""
+
+import sys
+from pathlib import Path
+
+import pytest
+from datasets import Dataset
+
+sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+from monitor_common import TOKENIZER, InjectingTrainer, make_args, tiny_model, token_rows  # noqa: E402
+
+from hftrain.errors import ConfigError, DataError  # noqa: E402
+from hftrain.validation import (  # noqa: E402
+    validate_dataset, validate_finite, validate_generation_metrics, validate_labels, validate_lengths,
+    validate_output_dir, validate_tokenizer)
+
+
+def test_empty_dataset():
+    with pytest.raises(DataError, match=r"train_dataset: the dataset is empty \(0 rows\)"):
+        validate_dataset(Dataset.from_dict({"text": []}), ["text"])
+
+
+def test_missing_columns_names_them_and_what_is_there():
+    data = Dataset.from_dict({"prompt": ["1+1="], "answer": ["2"]})
+    with pytest.raises(DataError, match="eval_dataset: missing column.s. completion; the dataset has prompt, answer"):
+        validate_dataset(data, ["prompt", "completion"], name="eval_dataset")
+    validate_dataset(data, ["prompt"])  # fine
+
+
+def test_all_masked_labels():
+    data = Dataset.from_dict({"input_ids": [[1, 2, 3], [4, 5]], "labels": [[-100, -100, -100], [-100, -100]]})
+    with pytest.raises(DataError, match="every label in column 'labels' is masked"):
+        validate_labels(data)
+    validate_labels(Dataset.from_dict({"input_ids": [[1, 2]], "labels": [[-100, 2]]}))  # one real label is enough
+
+
+def test_non_finite_numeric_column():
+    data = Dataset.from_dict({"text": ["a", "b", "c"], "weight": [1.0, float("nan"), 0.5]})
+    with pytest.raises(DataError, match=r"column 'weight' holds a non-finite value \(nan\) in row 1"):
+        validate_finite(data)
+    validate_finite(Dataset.from_dict({"text": ["a"], "weight": [1.0]}))
+
+
+def test_too_long_without_truncation():
+    data = Dataset.from_dict({"input_ids": [[1] * 5, [1] * 40]})
+    with pytest.raises(DataError, match=r"row 1 has 40 tokens in 'input_ids', more than the model allows \(32\)"):
+        validate_lengths(data, max_length=32)
+    validate_lengths(data, max_length=32, truncation=True)
+
+
+def test_tokenizer_without_pad_token():
+    import copy  # a copy, so the shared tokenizer keeps its pad token
+
+    no_pad = copy.deepcopy(TOKENIZER)
+    no_pad.pad_token = None
+    with pytest.raises(ConfigError, match="processing_class: the tokenizer has no pad token.*pad_token = tokenizer.eos_token"):
+        validate_tokenizer(no_pad)
+    validate_tokenizer(TOKENIZER)
+
+
+def test_generation_metric_on_dataset_without_prompts():
+    with pytest.raises(DataError, match="metric.s. bleu, exact_match generate text from a prompt.*it has text, label"):
+        validate_generation_metrics(["perplexity", "bleu", "exact_match"], {"bleu", "exact_match", "rouge"},
+                                    ["text", "label"])
+    validate_generation_metrics(["bleu"], {"bleu"}, ["prompt", "completion"])
+    validate_generation_metrics(["perplexity"], {"bleu"}, ["text"])
+
+
+def test_output_dir_with_another_runs_checkpoints(tmp_path):
+    out = tmp_path / "out"
+    InjectingTrainer(model=tiny_model(), train_dataset=token_rows(),
+                     args=make_args(str(out), max_steps=2, save_strategy="steps", save_steps=2)).train()
+    listing = sorted(p.relative_to(out) for p in out.rglob("*"))
+    same = make_args(str(out), max_steps=4)
+    assert validate_output_dir(str(out), same, tiny_model()).endswith("checkpoint-2")
+    other = make_args(str(out), per_device_train_batch_size=2, gradient_accumulation_steps=2)
+    with pytest.raises(ConfigError, match="holds checkpoint-2 of a run with other arguments .gradient_accumulation_"
+                       "steps: 1 in the checkpoint, 2 now; per_device_train_batch_size: 4 in the checkpoint, 2 now"):
+        validate_output_dir(str(out), other, tiny_model())
+    from hftrain.builtin import build_tiny_causal_lm
+
+    with pytest.raises(ConfigError, match="model.hidden_size: 32 in the checkpoint, 64 now"):
+        validate_output_dir(str(out), same, build_tiny_causal_lm(TOKENIZER, hidden_size=64, num_layers=2))
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == listing  # nothing written
+    assert validate_output_dir(str(tmp_path / "fresh"), same) is None
