@@ -5,7 +5,6 @@ to resume from, and report. Each function fails with one clear `HFTrainError` li
 from __future__ import annotations
 
 import os
-import re
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -175,24 +174,26 @@ def _first_line(exc: Exception) -> str:
 
 
 # -- resume --------------------------------------------------------------------------------------------------
-def find_resume_checkpoint(training_args) -> Optional[str]:
-    """The checkpoint to resume from: `resume_from_checkpoint` when set (it must exist), else the newest complete
-    `checkpoint-N` in `output_dir` when `auto_resume` is on, else None."""
+def find_resume_checkpoint(training_args, model=None) -> Optional[str]:
+    """The checkpoint to resume from: `resume_from_checkpoint` when set (it must be complete), else the newest
+    complete `checkpoint-N` in `output_dir` when `auto_resume` is on, else None. A checkpoint written with other
+    arguments (batch layout, seeds, model shape) is refused with the differences named, before anything runs."""
+    from .resilience import checkpoint_problem, saved_signature
+    from .validation import run_signature, signature_differences, validate_output_dir
+
     explicit = training_args.resume_from_checkpoint
     if explicit:
-        if not os.path.isdir(explicit):
-            raise HFTrainError(f"resume_from_checkpoint: no such checkpoint directory: {explicit}")
+        problem = checkpoint_problem(explicit)
+        if problem is not None:
+            raise HFTrainError(f"resume_from_checkpoint: {explicit} cannot be resumed from: {problem}")
+        differences = signature_differences(saved_signature(explicit), run_signature(training_args, model))
+        if differences:
+            raise HFTrainError(f"resume_from_checkpoint: {explicit} belongs to a run with other arguments "
+                               f"({'; '.join(differences)})")
         return explicit
-    if not getattr(training_args, "auto_resume", True) or not os.path.isdir(training_args.output_dir):
+    if not getattr(training_args, "auto_resume", True):
         return None
-    candidates = []
-    for name in os.listdir(training_args.output_dir):
-        match = re.fullmatch(r"checkpoint-(\d+)", name)
-        path = os.path.join(training_args.output_dir, name)
-        # trainer_state.json is written last by Trainer._save_checkpoint: without it the save was cut short.
-        if match and os.path.isfile(os.path.join(path, "trainer_state.json")):
-            candidates.append((int(match.group(1)), path))
-    return max(candidates)[1] if candidates else None
+    return validate_output_dir(training_args.output_dir, training_args, model)
 
 
 # -- quick check of what the model learned -------------------------------------------------------------------

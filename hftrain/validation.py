@@ -32,8 +32,9 @@ ACTIONS = ("warn", "skip", "stop", "rollback")
 PROMPT_COLUMNS = ("prompt", "messages", "source", "input_ids", "prompt_ids")
 # Arguments that decide which sample lands in which step, and model shapes: a checkpoint written with other values
 # cannot continue this run. Learning rate, max_steps, logging and saving may change between runs.
-_SIGNATURE_ARGS = ("per_device_train_batch_size", "gradient_accumulation_steps", "seed", "data_seed",
-                   "train_sampling_strategy")
+# The global batch, not its factors: resuming on another process count with gradient accumulation adjusted to
+# keep the same global batch is allowed (see hftrain.batching).
+_SIGNATURE_ARGS = ("seed", "data_seed", "train_sampling_strategy")
 _SIGNATURE_CONFIG = ("model_type", "vocab_size", "hidden_size", "d_model", "num_hidden_layers", "num_layers",
                      "num_attention_heads", "num_heads", "intermediate_size", "d_ff")
 
@@ -214,7 +215,10 @@ def run_signature(args: Any, model: Any = None) -> dict[str, Any]:
     signature = {k: getattr(args, k, None) for k in _SIGNATURE_ARGS}
     signature = {k: (str(v) if v is not None and not isinstance(v, (int, float, bool)) else v)
                  for k, v in signature.items()}
-    signature["world_size"] = int(getattr(args, "world_size", 1) or 1)
+    world_size = int(getattr(args, "world_size", 1) or 1)
+    per_device = int(getattr(args, "per_device_train_batch_size", 1) or 1)
+    accumulation = int(getattr(args, "gradient_accumulation_steps", 1) or 1)
+    signature["global_batch_size"] = per_device * accumulation * world_size
     config = getattr(model, "config", None)
     if config is not None:
         for key in _SIGNATURE_CONFIG:

@@ -71,7 +71,7 @@ def test_complete_checkpoints_have_marker(checkpoints):
     assert last_valid_checkpoint(str(checkpoints)).endswith("checkpoint-6")
     marker = json.loads((checkpoints / "checkpoint-6" / MARKER).read_text())
     assert marker["files"]["model.safetensors"] == (checkpoints / "checkpoint-6" / "model.safetensors").stat().st_size
-    assert marker["signature"]["per_device_train_batch_size"] == 4
+    assert marker["signature"]["global_batch_size"] == 4
 
 
 @pytest.mark.parametrize("damage,needle", [
@@ -98,7 +98,7 @@ def test_resume_refuses_incomplete_path_and_other_runs_arguments(checkpoints, tm
     before = sorted(p.name for p in out.iterdir())
     other = InjectingTrainer(model=tiny_model(), train_dataset=token_rows(),
                              args=make_args(str(out), max_steps=8, per_device_train_batch_size=8, seed=1))
-    with pytest.raises(ConfigError, match=r"per_device_train_batch_size: 4 in the checkpoint, 8 now; seed: 0 in the "):
+    with pytest.raises(ConfigError, match=r"global_batch_size: 4 in the checkpoint, 8 now; seed: 0 in the "):
         other.train(resume_from_checkpoint=True)
     assert sorted(p.name for p in out.iterdir()) == before  # nothing written
 
