@@ -26,7 +26,9 @@ from hftrain import HFTrainParser, ModelArguments, ScriptArguments, SFTConfig, S
 from hftrain.builtin import arithmetic_splits
 from hftrain.recipe_utils import (
     SFT_FORMATS,
+    apply_peft,
     find_resume_checkpoint,
+    finish_run,
     greedy_exact_match,
     is_main_process,
     load_causal_lm,
@@ -34,6 +36,7 @@ from hftrain.recipe_utils import (
     load_tokenizer,
     require_columns,
     run_main,
+    start_run,
 )
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "sft_default.yaml")
@@ -61,6 +64,7 @@ def prompts_and_answers(dataset, tokenizer, columns):
 def main(argv: Optional[list[str]] = None):
     # 1. Arguments: YAML, then command-line overrides. Bad keys or types fail here, before anything is written.
     script_args, training_args, model_args = parse_args(argv)
+    push_target = start_run(training_args, model_args)  # preset choices, global batch, LoRA; push target
 
     # 2. Data: the bundled arithmetic set, or any Hub/local dataset with one of the SFT layouts.
     train_dataset, eval_dataset = load_dataset_splits(
@@ -74,7 +78,7 @@ def main(argv: Optional[list[str]] = None):
 
     # 3. Model and tokenizer: the embedded tiny Llama, or any Hub model by name.
     tokenizer = load_tokenizer(model_args)
-    model = load_causal_lm(model_args, tokenizer)
+    model = apply_peft(load_causal_lm(model_args, tokenizer), model_args, training_args)
     checkpoint = find_resume_checkpoint(training_args)
 
     # 4. Trainer: hftrain's SFTTrainer is trl.SFTTrainer plus hftrain's callbacks.
@@ -99,23 +103,14 @@ def main(argv: Optional[list[str]] = None):
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
 
-    # 6. Save model and tokenizer (rank 0 writes), then evaluate the result.
-    trainer.save_model(training_args.output_dir)
-    trainer.save_state()
-    metrics = {}
-    if eval_dataset is not None:
-        metrics = trainer.evaluate()
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
+    # 6-7. Save, evaluate, card, push (hftrain.recipe_utils.finish_run), and say where everything is.
+    metrics = finish_run(trainer, model_args=model_args, recipe="sft", dataset=script_args.dataset_name or "arithmetic",
+                         task="text-generation", push_target=push_target)
     if prompts is not None:
         after = greedy_exact_match(trainer.model, tokenizer, prompts, answers)
         if is_main_process():
             print(f"[hftrain] held-out exact match after training: {after:.1%} ({len(prompts)} questions)")
 
-    # 7. Where everything is.
-    if is_main_process():
-        print(f"[hftrain] model and tokenizer saved to {os.path.abspath(training_args.output_dir)}")
-        print(f"[hftrain] metrics: {os.path.abspath(os.path.join(training_args.output_dir, 'all_results.json'))}")
     return trainer, metrics
 
 

@@ -1,0 +1,104 @@
+"""LoRA and QLoRA from `ModelArguments`: peft's `LoraConfig` / `get_peft_model`, transformers'
+`BitsAndBytesConfig`, and `merge_and_unload` at the end. Thin: hftrain only checks the settings early and names
+what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+from .errors import ConfigError
+
+__all__ = ["check_model_arguments", "quantization_config", "apply_lora", "merge_and_save", "linear_module_names"]
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def check_model_arguments(model_args: Any) -> None:
+    """Refuse LoRA/QLoRA settings that cannot work, before anything loads (QLoRA needs a CUDA GPU)."""
+    if not model_args.lora_r > 0:
+        raise ConfigError(f"lora_r: expected a positive rank, got {model_args.lora_r}")
+    if not 0.0 <= model_args.lora_dropout < 1.0:
+        raise ConfigError(f"lora_dropout: expected a value in [0, 1), got {model_args.lora_dropout}")
+    if model_args.load_in_4bit and model_args.load_in_8bit:
+        raise ConfigError("load_in_4bit and load_in_8bit: choose one of them, not both")
+    quantized = model_args.load_in_4bit or model_args.load_in_8bit
+    if quantized:
+        flag = "load_in_4bit" if model_args.load_in_4bit else "load_in_8bit"
+        if not _cuda_available():
+            raise ConfigError(f"{flag}: QLoRA/k-bit loading needs a CUDA GPU (bitsandbytes) and none is visible; "
+                              f"drop --{flag} (plain LoRA with --use_peft runs on CPU)")
+        if not model_args.use_peft:
+            raise ConfigError(f"{flag}: quantized weights cannot be trained directly; add --use_peft (QLoRA)")
+        if not model_args.model_name_or_path:
+            raise ConfigError(f"{flag}: needs --model_name_or_path (the embedded default is built in memory and "
+                              "cannot be loaded quantized)")
+    if model_args.merge_adapter and not model_args.use_peft:
+        raise ConfigError("merge_adapter: only meaningful with --use_peft (there is no adapter to merge)")
+
+
+def quantization_config(model_args: Any):
+    """`BitsAndBytesConfig` for `load_in_4bit`/`load_in_8bit`, else None."""
+    if not (model_args.load_in_4bit or model_args.load_in_8bit):
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=model_args.load_in_4bit,
+        load_in_8bit=model_args.load_in_8bit,
+        bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,
+        bnb_4bit_compute_dtype=getattr(torch, model_args.bnb_4bit_compute_dtype),
+        bnb_4bit_use_double_quant=model_args.use_bnb_nested_quant,
+    )
+
+
+def linear_module_names(model: Any) -> list[str]:
+    """Short names of the model's linear layers (what `lora_target_modules` may name), sorted."""
+    import torch
+
+    names = set()
+    for full_name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt"):
+            names.add(full_name.rsplit(".", 1)[-1])
+    return sorted(names)
+
+
+def apply_lora(model: Any, model_args: Any, task_type: str = "CAUSAL_LM", training_args: Any = None):
+    """The model wrapped with a LoRA adapter when `use_peft` is set (after k-bit preparation for QLoRA);
+    unchanged otherwise. A target module the model lacks is a `ConfigError` listing the ones it has."""
+    if not model_args.use_peft:
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    available = linear_module_names(model)
+    targets = list(model_args.lora_target_modules) or "all-linear"
+    if isinstance(targets, list):
+        missing = [t for t in targets if t not in available]
+        if missing:
+            raise ConfigError(f"lora_target_modules: {', '.join(missing)} not found in {type(model).__name__}; "
+                              f"its linear layers are: {', '.join(available)}")
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+        checkpointing = bool(training_args is not None and getattr(training_args, "gradient_checkpointing", False))
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
+    config = LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
+                        target_modules=targets, task_type=task_type)
+    return get_peft_model(model, config)
+
+
+def merge_and_save(model: Any, tokenizer: Any, output_dir: str) -> Optional[str]:
+    """Merge a peft adapter into its base (`merge_and_unload`) and save the full model and tokenizer to
+    `output_dir/merged`; returns that directory, or None when `model` has no adapter."""
+    if not hasattr(model, "merge_and_unload"):
+        return None
+    merged_dir = os.path.join(output_dir, "merged")
+    merged = model.merge_and_unload()
+    merged.save_pretrained(merged_dir)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(merged_dir)
+    return merged_dir

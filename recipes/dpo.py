@@ -1,0 +1,134 @@
+"""Preference tuning (DPO) with hftrain's `DPOTrainer`.
+
+With no arguments it starts from the SFT recipe's output (`outputs/sft-default`, when `recipes/sft.py` has run)
+or else from the embedded tiny Llama, and trains on the bundled arithmetic preferences (the right answer is
+chosen, a close wrong one rejected), offline, in a few minutes on a laptop CPU. Any Hub model and preference
+dataset (`prompt`, `chosen`, `rejected`) work the same way; LoRA/QLoRA with `--use_peft` (the reference is then the
+adapter-disabled base, no second copy).
+
+Usage:
+    accelerate launch recipes/dpo.py
+    accelerate launch recipes/dpo.py --config recipes/configs/dpo_default.yaml --max_steps 50
+    accelerate launch --config_file accelerate_configs/cpu_ddp.yaml recipes/dpo.py
+    accelerate launch --config_file accelerate_configs/single_gpu.yaml recipes/dpo.py \
+        --config recipes/configs/dpo_qwen2.5-0.5b_lora.yaml
+    accelerate launch --config_file accelerate_configs/deepspeed_zero3.yaml recipes/dpo.py \
+        --config recipes/configs/dpo_qwen2.5-0.5b_full.yaml --global_batch_size 64
+
+The run resumes from the newest complete checkpoint in `output_dir` unless `--auto_resume false` is given;
+`--push_to_hub --hub_model_id USER/NAME` pushes the model (or adapter), tokenizer, card and run history at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from hftrain import DPOConfig, DPOTrainer, ModelArguments, ScriptArguments
+from hftrain.builtin import preference_splits
+from hftrain.recipe_utils import (
+    apply_peft,
+    find_resume_checkpoint,
+    finish_run,
+    is_main_process,
+    load_causal_lm,
+    load_dataset_splits,
+    load_tokenizer,
+    parse_recipe_args,
+    require_columns,
+    run_main,
+    start_run,
+)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CONFIG = os.path.join(HERE, "configs", "dpo_default.yaml")
+PREFERENCE_COLUMNS = (("prompt", "chosen", "rejected"), ("chosen", "rejected"))
+
+
+@dataclass
+class DPOScriptArguments:
+    """Where the default DPO run starts."""
+
+    sft_output_dir: str = field(
+        default="outputs/sft-default",
+        metadata={"help": "Without `model_name_or_path`: start from this SFT output when it holds a model, "
+                  "else from the embedded tiny model. Empty: always the embedded model."},
+    )
+
+
+def starting_model_path(model_args, dpo_args) -> Optional[str]:
+    """The SFT recipe's output directory when the default run should start from it, else None."""
+    path = dpo_args.sft_output_dir
+    if model_args.model_name_or_path or not path:
+        return None
+    has_weights = any(os.path.isfile(os.path.join(path, n)) for n in ("model.safetensors", "pytorch_model.bin"))
+    return path if has_weights and os.path.isfile(os.path.join(path, "config.json")) else None
+
+
+def main(argv: Optional[list[str]] = None):
+    # 1. Arguments: YAML, then command-line overrides; bad keys, types or hardware fail here, before any writing.
+    script_args, training_args, model_args, dpo_args = parse_recipe_args(
+        argv, (ScriptArguments, DPOConfig, ModelArguments, DPOScriptArguments), DEFAULT_CONFIG)
+    push_target = start_run(training_args, model_args)
+
+    # 2. Data: the bundled arithmetic preferences, or any dataset with prompt/chosen/rejected columns.
+    train_dataset, eval_dataset = load_dataset_splits(
+        script_args,
+        bundled=lambda: preference_splits(script_args.bundled_train_size, script_args.bundled_eval_size, seed=0),
+        seed=training_args.seed,
+    )
+    columns = require_columns(train_dataset, PREFERENCE_COLUMNS, "dataset_name")
+    if eval_dataset is not None:
+        require_columns(eval_dataset, [columns], "dataset_test_split")
+
+    # 3. Model: the SFT recipe's output when present, else the embedded tiny Llama, or any Hub model by name.
+    sft_path = starting_model_path(model_args, dpo_args)
+    if sft_path is not None:
+        model_args.model_name_or_path = sft_path
+        if is_main_process():
+            print(f"[hftrain] starting from the SFT recipe's output: {os.path.abspath(sft_path)}")
+    tokenizer = load_tokenizer(model_args)
+    model = load_causal_lm(model_args, tokenizer)
+    model = apply_peft(model, model_args, training_args)
+    # The reference policy. TRL's `ref_model=None` reloads from `config._name_or_path`, which is "" for a model
+    # built in memory (UPSTREAM_NOTES §5), so full fine-tuning gets a frozen copy; with LoRA the adapter-disabled
+    # base is the reference and no copy is needed.
+    ref_model = None if model_args.use_peft else copy.deepcopy(model).eval()
+    checkpoint = find_resume_checkpoint(training_args)
+
+    # 4. Trainer: hftrain's DPOTrainer is trl.DPOTrainer plus hftrain's callbacks.
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=ref_model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+    )
+
+    # A baseline to compare with: how often the starting model already prefers the right answer.
+    if eval_dataset is not None and checkpoint is None:
+        before = trainer.evaluate(metric_key_prefix="before")
+        if is_main_process() and "before_rewards/accuracies" in before:
+            print(f"[hftrain] held-out preference accuracy before training: {before['before_rewards/accuracies']:.1%}")
+
+    # 5. Train (resuming when a checkpoint exists).
+    if checkpoint and is_main_process():
+        print(f"[hftrain] resuming from {checkpoint}")
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.log_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", train_result.metrics)
+
+    # 6-8. Save, evaluate, card, push, and say where everything is.
+    metrics = finish_run(trainer, model_args=model_args, recipe="dpo",
+                         dataset=script_args.dataset_name or "arithmetic-preferences", task="text-generation",
+                         push_target=push_target)
+    if is_main_process() and "eval_rewards/accuracies" in metrics:
+        print(f"[hftrain] held-out preference accuracy after training: {metrics['eval_rewards/accuracies']:.1%}")
+    return trainer, metrics
+
+
+if __name__ == "__main__":
+    run_main(main)

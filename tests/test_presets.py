@@ -1,0 +1,44 @@
+"""`--optimization_level`: documented mapping, user values win, hardware refusals with a reason."""
+
+import pytest
+
+from hftrain.errors import ConfigError
+from hftrain.presets import apply_optimization_level, preset_plan
+
+
+def test_documented_mapping():
+    assert [f for f, _, _ in preset_plan("light")] == ["bf16", "tf32"]
+    assert ("activation_checkpointing", True) in [(f, v) for f, v, _ in preset_plan("standard")]
+    assert ("packing", True) in [(f, v) for f, v, _ in preset_plan("standard")]
+    aggressive = [(f, v) for f, v, _ in preset_plan("aggressive")]
+    assert ("torch_compile", True) in aggressive and ("optim", "adamw_bnb_8bit") in aggressive
+
+
+def test_cpu_refuses_gpu_only_choices_and_applies_the_rest():
+    from hftrain import SFTConfig
+
+    args = SFTConfig(output_dir="unused", optimization_level="aggressive", report_to="none", use_cpu=True)
+    report = "\n".join(args.hftrain_preset_report)
+    assert "bf16 mixed precision: refused (use_cpu is set)" in report
+    assert "TF32 matmuls: refused (no CUDA GPU)" in report
+    assert "torch.compile: refused" in report and "8-bit AdamW (bitsandbytes): refused" in report
+    assert args.bf16 is False and args.tf32 in (None, False) and args.torch_compile is False
+    assert args.packing is True and args.packing_strategy == "bfd"  # TRL makes bfd packing padding-free
+    assert args.activation_checkpointing is True and args.optim == "adamw_torch_fused"
+
+
+def test_values_the_user_set_win():
+    from hftrain import SFTConfig
+
+    args = SFTConfig(output_dir="unused", optimization_level="standard", report_to="none", use_cpu=True,
+                     gradient_checkpointing=False, optim="adamw_torch")
+    assert not args.activation_checkpointing and args.optim == "adamw_torch"
+    assert any("kept your optim='adamw_torch'" in line for line in args.hftrain_preset_report)
+    assert any("activation checkpointing: kept your" in line for line in args.hftrain_preset_report)
+
+
+def test_unknown_level_is_refused():
+    from types import SimpleNamespace
+
+    with pytest.raises(ConfigError, match="optimization_level: expected one of light, standard, aggressive"):
+        apply_optimization_level(SimpleNamespace(optimization_level="turbo"))
