@@ -13,7 +13,7 @@ from hftrain.errors import ConfigError, DataError, HFTrainError, ModelLoadError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(REPO, "recipes", "sft.py")
-TINY = ["--bundled_train_size", "64", "--bundled_eval_size", "16", "--per_device_train_batch_size", "8",
+TINY = ["--tiny_hidden_size", "32", "--tiny_num_layers", "2", "--bundled_train_size", "64", "--bundled_eval_size", "16", "--per_device_train_batch_size", "8",
         "--logging_steps", "2", "--eval_steps", "4", "--save_steps", "4", "--disable_tqdm", "true"]
 
 
@@ -43,7 +43,7 @@ def test_config_file_then_command_line_overrides(sft_main, tmp_path):
     config = tmp_path / "cfg.yaml"
     config.write_text(f"output_dir: {tmp_path / 'run'}\nmax_steps: 3\nlearning_rate: 0.01\nreport_to: none\n"
                       "bundled_train_size: 32\nbundled_eval_size: 8\neval_strategy: 'no'\nsave_strategy: 'no'\n"
-                      "gradient_checkpointing: false\n")
+                      "gradient_checkpointing: false\ntiny_hidden_size: 32\n")
     trainer, _ = sft_main(["--config", str(config), "--max_steps", "2"])
     assert trainer.state.global_step == 2
     assert trainer.args.learning_rate == 0.01

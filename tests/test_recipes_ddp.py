@@ -13,7 +13,7 @@ COMMON = ["--max_steps", "-1", "--num_train_epochs", "1", "--logging_steps", "1"
           "--disable_tqdm", "true"]
 RECIPES = {
     # recipe: (extra arguments, optimizer steps expected in the epoch)
-    "sft": (["--bundled_train_size", "64", "--bundled_eval_size", "8", "--per_device_train_batch_size", "8",
+    "sft": (["--tiny_hidden_size", "32", "--bundled_train_size", "64", "--bundled_eval_size", "8", "--per_device_train_batch_size", "8",
              "--global_batch_size", "32", "--eval_strategy", "no"], 2),  # 64 / 32 (8 x 2 accumulation x 2 procs)
     "dpo": (["--bundled_train_size", "32", "--bundled_eval_size", "8", "--per_device_train_batch_size", "8",
              "--sft_output_dir", "", "--eval_strategy", "no"], 2),
@@ -53,3 +53,4 @@ def test_recipe_with_two_processes(name, tmp_path):
         assert "effective batch size" in result.stdout and " x 2 process(es)" in result.stdout
         assert result.stdout.count("model and tokenizer saved to") == 1
         assert (out / "README.md").exists() and (out / "run_history" / "history.csv").exists()
+        assert not [f for f in os.listdir(out) if "rank" in f]  # no per-rank copies: rank 0 alone wrote
