@@ -10,8 +10,8 @@
 | `torch_compile`                | -     | -        | yes        | a CUDA GPU (inductor's gains are GPU kernels) |
 | `optim: adamw_bnb_8bit`        | -     | -        | yes        | bitsandbytes and a CUDA GPU              |
 
-A value you set yourself (in YAML or on the command line) is never changed: the preset only fills fields still at
-their default. Every choice, applied, kept or refused with its reason, is recorded on the arguments
+A value you set yourself is never changed: from YAML or the command line, any field you name (even at its default
+value, e.g. `packing: false`); in Python, any field whose value differs from its default. Every choice, applied, kept or refused with its reason, is recorded on the arguments
 (`args.hftrain_preset_report`) and printed by the recipes at start.
 """
 
@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional
 
 from transformers.utils import logging
 
+from .args import explicitly_set_fields
 from .errors import ConfigError
 
 logger = logging.get_logger(__name__)
@@ -98,6 +99,12 @@ def _defaults(args: Any) -> dict[str, Any]:
 
 
 def _user_set(args: Any, name: str, defaults: dict[str, Any]) -> bool:
+    explicit = explicitly_set_fields()
+    if explicit is not None:  # parsed from YAML/CLI: we know exactly what the user wrote
+        aliases = {"activation_checkpointing": {"activation_checkpointing", "gradient_checkpointing"},
+                   "bf16": {"bf16", "fp16"}}
+        return bool(aliases.get(name, {name}) & explicit)
+    # built in Python: a value different from the field's default is the user's
     if name == "activation_checkpointing":  # its deprecated alias counts as the same setting
         return args.activation_checkpointing is not None or args.gradient_checkpointing != defaults.get("gradient_checkpointing")
     if name == "bf16":  # TRL's default is None ("decide for me"); transformers' is False

@@ -42,3 +42,18 @@ def test_unknown_level_is_refused():
 
     with pytest.raises(ConfigError, match="optimization_level: expected one of light, standard, aggressive"):
         apply_optimization_level(SimpleNamespace(optimization_level="turbo"))
+
+
+def test_a_field_named_in_the_config_wins_even_at_its_default_value(tmp_path):
+    from hftrain import HFTrainParser, SFTConfig
+
+    config = tmp_path / "cfg.yaml"
+    config.write_text(f"output_dir: {tmp_path}\noptimization_level: standard\npacking: false\nuse_cpu: true\n")
+    (args,) = HFTrainParser((SFTConfig,)).parse_args_and_config(["--config", str(config), "--no_gradient_checkpointing"])
+    assert args.packing is False  # TRL's default is False too: only the parser knows the user wrote it
+    assert any("kept your packing=False" in line for line in args.hftrain_preset_report)
+    assert not args.activation_checkpointing
+    assert any("activation checkpointing: kept your" in line for line in args.hftrain_preset_report)
+    (unset,) = HFTrainParser((SFTConfig,)).parse_args_and_config(
+        ["--output_dir", str(tmp_path), "--optimization_level", "standard", "--use_cpu", "true"])
+    assert unset.packing is True
