@@ -11,6 +11,7 @@ TRL's `SFTConfig` / `DPOConfig` live in `hftrain.trl_args` so that plain `Traine
 from __future__ import annotations
 
 import argparse
+import contextvars
 import dataclasses
 import difflib
 import json
@@ -252,6 +253,21 @@ class HFTrainArguments:
                   "returns. false: `train()` just returns."},
     )
 
+    # --- recipes: global batch, presets, push (hftrain.batching, hftrain.presets, hftrain.hub) ---------------------
+    global_batch_size: Optional[int] = field(
+        default=None,
+        metadata={"help": "Samples per optimizer step over all processes. Set: `gradient_accumulation_steps` is derived "
+                  "from it, the process count and `per_device_train_batch_size`, so the global batch stays the same "
+                  "on any number of GPUs (also on resume). None: `gradient_accumulation_steps` as given."},
+    )
+    optimization_level: Optional[str] = field(
+        default=None,
+        metadata={"help": "Performance preset: light (bf16, TF32), standard (+ activation checkpointing, fused "
+                  "AdamW, padding-free), aggressive (+ torch.compile, packing, 8-bit AdamW). Each choice is printed at "
+                  "start; one the hardware lacks is refused with the reason. Values you set yourself win. None: off.",
+                  "choices": ["light", "standard", "aggressive"]},
+    )
+
     def hftrain_post_init(self) -> None:
         """Validate hftrain's fields; called by each combined class before upstream's `__post_init__`."""
         if not isinstance(self.auto_resume, bool):
@@ -279,6 +295,26 @@ class HFTrainArguments:
         from .validation import check_monitor_args
 
         check_monitor_args(self)
+
+        # recipes: presets, then the global batch (a preset never changes batch sizes), then the push settings
+        from .batching import apply_global_batch_size, check_launch_environment
+        from .hub import check_push_settings
+        from .presets import apply_optimization_level
+
+        check_launch_environment(self)
+        apply_optimization_level(self)
+        apply_global_batch_size(self)
+        check_push_settings(self)
+
+
+# The fields the user named in the YAML file or on the command line, visible while HFTrainParser builds the
+# dataclasses, so `__post_init__` logic (optimization presets) can tell "set to the default value" from "not set".
+_EXPLICIT_FIELDS: contextvars.ContextVar[Optional[frozenset]] = contextvars.ContextVar("hftrain_explicit", default=None)
+
+
+def explicitly_set_fields() -> Optional[frozenset]:
+    """Names given in the YAML or on the command line while `HFTrainParser` builds arguments; None otherwise."""
+    return _EXPLICIT_FIELDS.get()
 
 
 def _launched_without_accelerator() -> bool:
@@ -329,6 +365,47 @@ class ModelArguments:
     attn_implementation: Optional[str] = field(
         default=None, metadata={"help": "Attention kernel, e.g. `sdpa`, `eager`, `flash_attention_2`."}
     )
+    tiny_hidden_size: int = field(
+        default=128, metadata={"help": "Hidden size of the embedded default model (used when no model is named)."}
+    )
+    tiny_num_layers: int = field(
+        default=2, metadata={"help": "Layers of the embedded default model (used when no model is named)."}
+    )
+    # LoRA / QLoRA (hftrain.peft_utils: peft's LoraConfig, transformers' BitsAndBytesConfig)
+    use_peft: bool = field(default=False, metadata={"help": "Train a LoRA adapter (peft) instead of all weights."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA path (0 to 1)."})
+    lora_target_modules: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Module names that get adapters, e.g. q_proj v_proj. Empty: all linear layers (peft's "
+                  "`all-linear`). A name the model lacks is an error that lists the names it has."},
+    )
+    load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: load the base weights in 4 bit (bitsandbytes, GPU)."})
+    load_in_8bit: bool = field(default=False, metadata={"help": "Load the base weights in 8 bit (bitsandbytes, GPU)."})
+    bnb_4bit_quant_type: str = field(
+        default="nf4", metadata={"help": "4-bit quantisation type.", "choices": ["nf4", "fp4"]}
+    )
+    bnb_4bit_compute_dtype: str = field(
+        default="bfloat16",
+        metadata={"help": "Compute dtype of 4-bit layers.", "choices": ["bfloat16", "float16", "float32"]},
+    )
+    use_bnb_nested_quant: bool = field(default=False, metadata={"help": "Double quantisation of 4-bit weights."})
+    merge_adapter: bool = field(
+        default=False,
+        metadata={"help": "After training, merge the LoRA adapter into the base weights (`merge_and_unload`) and "
+                  "save the full model to `output_dir/merged`."},
+    )
+
+    def __post_init__(self):
+        from .peft_utils import check_model_arguments
+
+        check_model_arguments(self)
+        for name in ("tiny_hidden_size", "tiny_num_layers"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)}")
+        if self.tiny_hidden_size % 8:
+            raise ConfigError(f"tiny_hidden_size: expected a multiple of 8 (heads of size 8+), got {self.tiny_hidden_size}")
 
 
 @dataclass
@@ -402,9 +479,10 @@ class HFTrainParser(HfArgumentParser):
 
     def __init__(self, dataclass_types, **kwargs):
         types = list(dataclass_types) if isinstance(dataclass_types, (list, tuple)) else [dataclass_types]
-        # HfArgumentParser narrows `field.type` in place (e.g. `str | list[str]` becomes `str`), so remember
-        # the declared types first: they say which keys may hold a list or a mapping in YAML.
-        self._declared_types = {f.name: str(f.type).lower() for t in types for f in dataclasses.fields(t)}
+        # HfArgumentParser narrows `field.type` in place (`str | list[str]` becomes `str`) on Field objects that
+        # subclasses share, so read the declared types from the class annotations: they say which keys may hold
+        # a list or a mapping in YAML.
+        self._declared_types = {f.name: _declared_type(t, f.name) for t in types for f in dataclasses.fields(t)}
         super().__init__(types, **kwargs)
 
     def error(self, message: str):  # argparse calls this for every parse error
@@ -421,21 +499,27 @@ class HFTrainParser(HfArgumentParser):
         argv = list(sys.argv[1:] if args is None else args)
         config_path, argv = _pop_config_flag(argv)
         config_tokens: list[str] = []
+        self._yaml_defaults: set[str] = set()
         if config_path is not None:
             config_tokens = self._config_to_tokens(config_path)
         namespace, remaining = self.parse_known_args(args=config_tokens + argv)
         if remaining:
             raise ConfigError(f"unknown command-line argument(s): {' '.join(remaining)}{self._suggest(remaining[0])}")
         values = vars(namespace)
+        given = self._given_fields(config_tokens + argv) | set(self._yaml_defaults)
+        token = _EXPLICIT_FIELDS.set(frozenset(given))
         outputs = []
-        for dtype in self.dataclass_types:
-            keys = {f.name for f in dataclasses.fields(dtype) if f.init}
-            try:
-                outputs.append(dtype(**{k: v for k, v in values.items() if k in keys}))
-            except ConfigError:
-                raise
-            except (ValueError, TypeError) as exc:  # raised by a dataclass __post_init__
-                raise ConfigError(f"{dtype.__name__}: {str(exc).strip().splitlines()[0]}") from exc
+        try:
+            for dtype in self.dataclass_types:
+                keys = {f.name for f in dataclasses.fields(dtype) if f.init}
+                try:
+                    outputs.append(dtype(**{k: v for k, v in values.items() if k in keys}))
+                except ConfigError:
+                    raise
+                except (ValueError, TypeError) as exc:  # raised by a dataclass __post_init__
+                    raise ConfigError(f"{dtype.__name__}: {str(exc).strip().splitlines()[0]}") from exc
+        finally:
+            _EXPLICIT_FIELDS.reset(token)
         return tuple(outputs)
 
     # -- YAML -------------------------------------------------------------------------------------------------
@@ -446,9 +530,11 @@ class HFTrainParser(HfArgumentParser):
             with open(path, encoding="utf-8") as handle:
                 data = yaml.safe_load(handle) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"--config {path}: not valid YAML ({exc.__class__.__name__}: {exc})") from exc
+            detail = " ".join(str(exc).split())  # one line: YAML errors span several
+            raise ConfigError(f"--config {path}: not valid YAML ({exc.__class__.__name__}: {detail})") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"--config {path}: expected a mapping of field: value, got {type(data).__name__}")
+        self._yaml_defaults = set()
         for name, value in (data.pop("env", None) or {}).items():
             os.environ[str(name)] = str(value)
         tokens: list[str] = []
@@ -464,14 +550,34 @@ class HFTrainParser(HfArgumentParser):
                     kind = "a list" if container is list else "a mapping"
                     raise ConfigError(f"--config {path}: key '{key}' expects a single value, got {kind}: {value!r}")
                 self.set_defaults(**{key: value})
+                self._yaml_defaults.add(key)
                 continue
             tokens += _value_to_tokens(key, value, path)
         return tokens
+
+    def _given_fields(self, tokens: list[str]) -> set[str]:
+        """Field names of the flags in `tokens` (`--x`, `--x=1`, `--no_x`)."""
+        given = set()
+        for token in tokens:
+            if not token.startswith("--"):
+                continue
+            action = self._option_string_actions.get(token.split("=", 1)[0])
+            if action is not None:
+                given.add(action.dest)
+        return given
 
     def _suggest(self, flag: str) -> str:
         flag = flag.split("=", 1)[0]
         close = difflib.get_close_matches(flag, list(self._option_string_actions), n=3)
         return f" (did you mean {', '.join(c.lstrip('-') for c in close)}?)" if close else ""
+
+
+def _declared_type(dtype: type, name: str) -> str:
+    for cls in dtype.__mro__:
+        annotation = vars(cls).get("__annotations__", {}).get(name)
+        if annotation is not None:
+            return str(annotation).lower()
+    return ""
 
 
 def _pop_config_flag(argv: list[str]) -> tuple[Optional[str], list[str]]:

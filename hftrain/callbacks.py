@@ -11,6 +11,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from .args import hftrain_settings
+from .tracking import integration as _tracker_integration  # noqa: F401  registers report_to "hftrain"/"sqlite"
 
 __all__ = ["build_callbacks"]
 
@@ -20,9 +21,23 @@ def build_callbacks(trainer: Any) -> list[TrainerCallback]:
     settings = hftrain_settings(trainer.args)  # noqa: F841  (features read it as they are added)
     callbacks: list[TrainerCallback] = []
     # curriculum callbacks
+    if settings.curriculum is not None:
+        from .curriculum import curriculum_callbacks
+
+        callbacks += curriculum_callbacks(trainer)
 
     # evaluation-metric callbacks
 
+    # monitor callbacks: early stopping, anomalies/overfitting, checkpoint marker + graceful signals
+    from .monitor import monitor_callbacks
+
+    callbacks += monitor_callbacks(trainer, settings)
+
     # tracker callback (last, so it records what the others logged)
+    from .tracking.settings import tracker_callback_for
+
+    tracker = tracker_callback_for(trainer, settings)
+    if tracker is not None:
+        callbacks.append(tracker)
 
     return callbacks
