@@ -67,7 +67,8 @@ def starting_model_path(model_args, dpo_args) -> Optional[str]:
     return path if has_weights and os.path.isfile(os.path.join(path, "config.json")) else None
 
 
-def main(argv: Optional[list[str]] = None):
+def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
+    """Run the recipe; `callbacks` (e.g. `hftrain tune`'s per-trial pruning callback) are added to the trainer."""
     # 1. Arguments: YAML, then command-line overrides; bad keys, types or hardware fail here, before any writing.
     script_args, training_args, model_args, dpo_args = parse_recipe_args(
         argv, (ScriptArguments, DPOConfig, ModelArguments, DPOScriptArguments), DEFAULT_CONFIG)
@@ -106,6 +107,7 @@ def main(argv: Optional[list[str]] = None):
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
+        callbacks=callbacks,
     )
 
     # A baseline to compare with: how often the starting model already prefers the right answer.

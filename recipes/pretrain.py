@@ -91,7 +91,8 @@ def group_texts(dataset, tokenizer, column: str, block_size: int):
     return tokens.map(chunk, batched=True, batch_size=1000, remove_columns=tokens.column_names)
 
 
-def main(argv: Optional[list[str]] = None):
+def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
+    """Run the recipe; `callbacks` (e.g. `hftrain tune`'s per-trial pruning callback) are added to the trainer."""
     # 1. Arguments: YAML, then command-line overrides; bad keys, types or hardware fail here, before any writing.
     script_args, training_args, model_args, pretrain_args = parse_recipe_args(
         argv, (ScriptArguments, TrainingArguments, ModelArguments, PretrainArguments), DEFAULT_CONFIG)
@@ -122,6 +123,7 @@ def main(argv: Optional[list[str]] = None):
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        callbacks=callbacks,
     )
 
     # 5. Train (resuming when a checkpoint exists).

@@ -87,7 +87,8 @@ def show_examples(trainer, eval_dataset, count: int = 3) -> None:
         print(f"[hftrain] {source!r} -> {generated.strip()!r} (reference {target!r})")
 
 
-def main(argv: Optional[list[str]] = None):
+def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
+    """Run the recipe; `callbacks` (e.g. `hftrain tune`'s per-trial pruning callback) are added to the trainer."""
     # 1. Arguments: YAML, then command-line overrides; bad keys, types or hardware fail here, before any writing.
     script_args, training_args, model_args, data_args = parse_recipe_args(
         argv, (ScriptArguments, Seq2SeqTrainingArguments, ModelArguments, Seq2SeqDataArguments), DEFAULT_CONFIG)
@@ -120,6 +121,7 @@ def main(argv: Optional[list[str]] = None):
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
+        callbacks=callbacks,
     )
 
     # 5. Train (resuming when a checkpoint exists).

@@ -61,7 +61,8 @@ def prompts_and_answers(dataset, tokenizer, columns):
     return None, None  # plain text or other layouts have no prompt/answer split
 
 
-def main(argv: Optional[list[str]] = None):
+def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
+    """Run the recipe; `callbacks` (e.g. `hftrain tune`'s per-trial pruning callback) are added to the trainer."""
     # 1. Arguments: YAML, then command-line overrides. Bad keys or types fail here, before anything is written.
     script_args, training_args, model_args = parse_args(argv)
     push_target = start_run(training_args, model_args)  # preset choices, global batch, LoRA; push target
@@ -88,6 +89,7 @@ def main(argv: Optional[list[str]] = None):
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
+        callbacks=callbacks,
     )
 
     prompts, answers = prompts_and_answers(eval_dataset, tokenizer, columns) if eval_dataset is not None else (None, None)
