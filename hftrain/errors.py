@@ -15,3 +15,7 @@ class DataError(HFTrainError, ValueError):
 
 class ModelLoadError(HFTrainError, OSError):
     """A model or tokenizer name that cannot be loaded (not on the Hub, not a local path, or no network)."""
+
+
+class TrackerError(HFTrainError, ValueError):
+    """A tracker database that is not an hftrain run store (corrupt, foreign, newer), or a run that does not exist."""

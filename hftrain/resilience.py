@@ -228,6 +228,10 @@ class ResilienceCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         self._restore()
 
+    def on_train_error(self, trainer, exc: BaseException) -> None:
+        """`train()` raised: put back the handlers that were installed before, so no later run chains to ours."""
+        self._restore()
+
     def _restore(self) -> dict[int, Any]:
         previous, self._previous = self._previous, {}
         if previous:
@@ -295,6 +299,12 @@ def run_train(trainer: Any, train: Callable[..., Any], resume_from_checkpoint: A
     try:
         output = train(resume_from_checkpoint, *args, **kwargs)
     except BaseException as exc:
+        # No TrainerCallback event fires when train() raises: tell the callbacks that keep state across the run
+        # (the tracker's status, the graceful-stop signal handlers) through their `on_train_error` hook.
+        for callback in trainer.callback_handler.callbacks:
+            hook = getattr(callback, "on_train_error", None)
+            if hook is not None:
+                hook(trainer, exc)
         if notifier is not None:
             notifier.notify("failure", "failure", f"training failed: {exc.__class__.__name__}: {exc}",
                             step=trainer.state.global_step, checkpoint=last_valid_checkpoint(trainer.args.output_dir),

@@ -30,19 +30,7 @@ class HFTrainMixin:
         process after a graceful SIGTERM/SIGINT checkpoint (callbacks cannot act around `train`: hftrain.resilience)."""
         from .resilience import run_train
 
-        try:
-            return run_train(self, super().train, resume_from_checkpoint, *args, **kwargs)
-        except BaseException as exc:  # no callback event on errors: the tracker's status is written here
-            from .resilience import ResilienceCallback
-            from .tracking.callback import end_on_exception
-
-            end_on_exception(self, exc)
-            # on_train_end never ran, so the graceful-stop handlers would stay installed and a later run in this
-            # process (a notebook, the next test) would chain to this dead trainer's handler
-            for callback in self.callback_handler.callbacks:
-                if isinstance(callback, ResilienceCallback):
-                    callback.on_train_end(self.args, self.state, self.control)
-            raise
+        return run_train(self, super().train, resume_from_checkpoint, *args, **kwargs)
 
     def _get_train_sampler(self, train_dataset=None):
         """The curriculum sampler when `args.curriculum` is set; otherwise the parent's sampler, unchanged."""

@@ -1,0 +1,395 @@
+"""`TrackerCallback`: records every run of any `transformers.Trainer` (and the diffusion loop) in the SQLite store.
+
+Only world rank 0 writes. One transaction per `on_log`. It reads from the trainer and never writes to it (except
+its own entry in `state.stateful_callbacks`, which is how a resumed run finds its run id), draws no random numbers
+and moves no tensors, so training is unchanged with it on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import threading
+import time
+from typing import Any, Optional
+
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+from transformers.utils import logging
+
+from . import lifecycle
+from .store import TrackerStore, default_db_path, flatten
+from .sysinfo import git_info, system_info
+
+__all__ = ["TrackerCallback", "find_tracker", "parse_tags"]
+
+logger = logging.get_logger(__name__)
+
+
+def parse_tags(text: Optional[str]) -> dict[str, str]:
+    """`"team=nlp,ablation"` as `{"team": "nlp", "ablation": ""}` (the `--tracker_tags` format)."""
+    tags: dict[str, str] = {}
+    for item in (text or "").split(","):
+        item = item.strip()
+        if item:
+            key, _, value = item.partition("=")
+            tags[key.strip()] = value.strip()
+    return tags
+
+
+def find_tracker(trainer: Any) -> Optional["TrackerCallback"]:
+    """The trainer's `TrackerCallback`, if it has one (for other features that want to record events)."""
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TrackerCallback):
+            return callback
+    return None
+
+
+def _scalar(value: Any) -> tuple[bool, Optional[float]]:
+    if isinstance(value, bool):
+        return True, float(value)
+    if isinstance(value, (int, float)):
+        number = float(value)
+        return True, (None if math.isnan(number) else number)
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # a 0-d tensor or numpy scalar
+        return _scalar(value.item())
+    return False, None
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+class TrackerCallback(TrainerCallback, ExportableState):
+    """Records params, metric curves, system info, git state, checkpoints, events and a true final status.
+
+    Args:
+        db_path: the SQLite file (default: `$HFTRAIN_TRACKER_DB` or `~/.cache/hftrain/runs.db`).
+        experiment: experiment name (default: `$HFTRAIN_EXPERIMENT` or `default`).
+        tags: tags for every run this callback records.
+        system_interval: seconds between `sys/` samples (throughput, memory, GPU use) and heartbeats; 0 turns
+            the sampler off (heartbeats then come with each log).
+        heartbeat_timeout: seconds without a heartbeat after which a running run reads as crashed.
+        hash_max_mb: checkpoint files up to this size get a SHA-256 in the artifacts table.
+        trainer_name: the trainer class, recorded with the run.
+        validate: open the database now, so a bad path fails before any training work (rank 0 only).
+    """
+
+    def __init__(
+        self,
+        db_path: Optional[str] = None,
+        experiment: Optional[str] = None,
+        tags: Optional[dict[str, str]] = None,
+        system_interval: float = 30.0,
+        heartbeat_timeout: float = 300.0,
+        hash_max_mb: float = 100.0,
+        trainer_name: Optional[str] = None,
+        validate: bool = False,
+    ):
+        self.db_path = os.path.abspath(os.path.expanduser(db_path or default_db_path()))
+        self.experiment = experiment or os.environ.get("HFTRAIN_EXPERIMENT") or "default"
+        self.tags = dict(tags or {})
+        self.system_interval = float(system_interval)
+        self.heartbeat_timeout = float(heartbeat_timeout)
+        self.hash_max_mb = float(hash_max_mb)
+        self.trainer_name = trainer_name
+        self.run_uuid: Optional[str] = None
+        self.run_id: Optional[int] = None
+        self._store: Optional[TrackerStore] = None
+        self._live = False
+        self._signalled: Optional[int] = None
+        self._sampler: Optional[_Sampler] = None
+        self._last_step = 0
+        if validate:
+            self._open()
+
+    # -- ExportableState: the run id travels in the checkpoint's trainer_state.json ---------------------------------
+    def state(self) -> dict:
+        """Constructor arguments and the run id, saved with each checkpoint so a resume continues the same run."""
+        return {
+            "args": {
+                "db_path": self.db_path,
+                "experiment": self.experiment,
+                "tags": self.tags,
+                "system_interval": self.system_interval,
+                "heartbeat_timeout": self.heartbeat_timeout,
+                "hash_max_mb": self.hash_max_mb,
+                "trainer_name": self.trainer_name,
+            },
+            "attributes": {"run_uuid": self.run_uuid},
+        }
+
+    def _open(self) -> TrackerStore:
+        if self._store is None:
+            self._store = TrackerStore(self.db_path)
+        return self._store
+
+    # -- public API for other features ------------------------------------------------------------------------------
+    def log_event(self, kind: str, payload: Any = None, step: Optional[int] = None) -> None:
+        """Record an event (e.g. an anomaly found by the monitor) in the current run; no-op off rank 0."""
+        if self.run_id is not None and self._store is not None:
+            self._store.log_event(self.run_id, self._last_step if step is None else step, kind, payload)
+
+    # -- events -----------------------------------------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        # transformers indexes `stateful_callbacks[name]` when saving; a checkpoint written without this callback
+        # (tracker off, or the parent trainer) would otherwise make the next save fail after a resume.
+        if isinstance(state.stateful_callbacks, dict):
+            state.stateful_callbacks.setdefault(type(self).__name__, self.state())
+        if not state.is_world_process_zero:
+            return
+        if self._live:  # the previous train() of this trainer raised and never reached on_train_end
+            self.end_abnormally("failed", "training raised before on_train_end; a new train() started")
+        store = self._open()
+        self._signalled = None
+        self._last_step = state.global_step
+        saved_uuid = _saved_run_uuid(state) if state.global_step > 0 else None
+        existing = store.run_by_uuid(saved_uuid) if saved_uuid else None
+        if existing is not None:
+            self.run_id, self.run_uuid = existing["id"], existing["uuid"]
+            store.resume_run(self.run_id, state.global_step)
+            logger.info(f"hftrain tracker: resuming run {self.run_uuid} at step {state.global_step} ({self.db_path})")
+        else:
+            self._create_run(store, args, state, model)
+            logger.info(f"hftrain tracker: run {self.run_uuid} in {self.db_path}")
+        self._live = True
+        lifecycle.register(self)
+        if self.system_interval > 0:
+            self._sampler = _Sampler(self, args, state)
+            self._sampler.start()
+
+    def _create_run(self, store: TrackerStore, args, state, model) -> None:
+        import uuid
+
+        self.run_uuid = uuid.uuid4().hex
+        args_dict = args.to_dict()
+        config: dict[str, Any] = {"args": args_dict}
+        params = flatten(args_dict, "args")
+        model_config = getattr(model, "config", None)
+        if model_config is not None and hasattr(model_config, "to_dict"):
+            config["model"] = model_config.to_dict()
+            params.update(flatten(config["model"], "model"))
+        peft_config = getattr(model, "peft_config", None)
+        if isinstance(peft_config, dict) and peft_config:
+            config["peft"] = {name: cfg.to_dict() for name, cfg in peft_config.items()}
+            params.update(flatten(config["peft"], "peft"))
+        if model is not None and hasattr(model, "parameters"):
+            params["num_parameters"] = sum(p.numel() for p in model.parameters())
+            params["num_trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        if state.trial_params:
+            params.update(flatten(dict(state.trial_params), "trial"))
+        tags = dict(self.tags)
+        if state.trial_name:
+            tags["trial"] = state.trial_name
+        name = state.trial_name or getattr(args, "run_name", None) or os.path.basename(str(args.output_dir).rstrip("/"))
+        self.run_id = store.create_run(
+            self.experiment,
+            name,
+            run_uuid=self.run_uuid,
+            params=params,
+            tags=tags,
+            config=config,
+            system=system_info(),
+            git=git_info(),
+            trainer=self.trainer_name,
+            output_dir=os.path.abspath(str(args.output_dir)) if args.output_dir else None,
+            heartbeat_timeout=self.heartbeat_timeout,
+        )
+
+    def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        if self.run_id is None:  # evaluate() or predict() without train(): still a run worth keeping
+            self._create_run(self._open(), args, state, model)
+            self._store.set_status(self.run_id, "finished")
+        metrics: dict[str, Optional[float]] = {}
+        events = []
+        for key, value in logs.items():
+            is_number, number = _scalar(value)
+            if is_number:
+                metrics[key] = number
+            else:  # lists, strings, tables: kept whole as an event, not dropped
+                events.append(("log", {"key": key, "value": _jsonable(value)}))
+        self._last_step = state.global_step
+        self._store.log_metrics(self.run_id, state.global_step, metrics, epoch=state.epoch, events=events)
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero or self.run_id is None:
+            return
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if not os.path.isdir(folder):
+            return
+        self._store.log_artifacts(self.run_id, self._artifact_rows(folder, "checkpoint", state.global_step))
+
+    def log_artifact(self, path: str, kind: str = "file", step: Optional[int] = None) -> None:
+        """Record a file, or every file under a folder, by path, size and SHA-256 in the current run (the files stay
+        where they are); no-op off rank 0 or outside a run. The diffusion loop records its sample grids this way."""
+        if self.run_id is None or self._store is None or not os.path.exists(path):
+            return
+        rows = self._artifact_rows(path, kind, self._last_step if step is None else step)
+        self._store.log_artifacts(self.run_id, rows)
+
+    def _artifact_rows(self, path: str, kind: str, step: Optional[int]) -> list:
+        limit = self.hash_max_mb * 1024 * 1024
+        files = [path] if os.path.isfile(path) else [
+            os.path.join(root, name) for root, _, names in os.walk(path) for name in sorted(names)]
+        rows = []
+        for file in files:
+            size = os.path.getsize(file)
+            rows.append((os.path.abspath(file), kind, step, size, _sha256(file) if size <= limit else None))
+        return rows
+
+    def on_train_error(self, trainer: Any, exc: BaseException) -> None:
+        """`train()` raised (hftrain.resilience calls this): record the true status, failed, or killed for Ctrl-C,
+        even when the caller catches the exception (a notebook, an HPO loop) and no excepthook ever runs."""
+        if self._live:
+            status = "killed" if isinstance(exc, KeyboardInterrupt) else "failed"
+            self.end_abnormally(status, f"{type(exc).__name__}: {exc}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero or not self._live:
+            return
+        self._stop_sampler(final=True)
+        status = "killed" if self._signalled is not None else "finished"
+        error = f"signal {self._signalled}" if self._signalled is not None else None
+        self._store.set_status(self.run_id, status, error)
+        self._store.checkpoint()
+        self._live = False
+        lifecycle.unregister(self)
+
+    # -- lifecycle hooks (called from signal handlers, excepthook, atexit) -----------------------------------------
+    def end_abnormally(self, status: str, error: str) -> None:
+        """Write a final status for a run that did not reach `on_train_end` (on a fresh connection: this may run
+        inside a signal handler while the main connection is mid-transaction)."""
+        if not self._live:
+            return
+        self._live = False
+        lifecycle.unregister(self)
+        self._stop_sampler(final=False)
+        if self._signalled is not None:
+            status, error = "killed", f"signal {self._signalled}; then {error}"
+        try:
+            with TrackerStore(self.db_path, timeout=5.0) as store:
+                store.set_status(self.run_id, status, error, only_if_running=True)
+        except Exception as exc:  # the process is going down anyway; the heartbeat will tell
+            logger.warning(f"hftrain tracker: could not record status {status} for run {self.run_uuid}: {exc}")
+
+    def note_signal(self, signum: int, terminating: bool) -> None:
+        """Remember that the run was signalled; if the signal ends the process, record the run as killed now."""
+        self._signalled = signum
+        try:
+            with TrackerStore(self.db_path, timeout=5.0) as store:
+                store.log_event(self.run_id, self._last_step, "signal", {"signal": int(signum)})
+        except Exception as exc:
+            logger.warning(f"hftrain tracker: could not record signal {signum}: {exc}")
+        if terminating:
+            self.end_abnormally("killed", f"signal {signum}")
+
+    def _stop_sampler(self, final: bool) -> None:
+        sampler, self._sampler = self._sampler, None
+        if sampler is not None:
+            sampler.stop(final)
+
+
+# The checkpoint keys its callback states by class name; a run recorded by hftrain's trainer and resumed through
+# `report_to: [hftrain]` (or the other way round) is still the same run.
+_STATE_NAMES = ("TrackerCallback", "ReportToTrackerCallback")
+
+
+def _saved_run_uuid(state) -> Optional[str]:
+    saved_states = state.stateful_callbacks or {}
+    for name in _STATE_NAMES:
+        saved = saved_states.get(name)
+        for entry in saved if isinstance(saved, list) else [saved]:
+            run_uuid = entry.get("attributes", {}).get("run_uuid") if isinstance(entry, dict) else None
+            if run_uuid:
+                return run_uuid
+    return None
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class _Sampler(threading.Thread):
+    """Every `system_interval` seconds: throughput, memory and GPU use as `sys/` series, plus a heartbeat.
+
+    Runs on its own connection in a daemon thread and only reads counters the trainer already keeps, so training
+    never waits for it.
+    """
+
+    def __init__(self, tracker: TrackerCallback, args, state):
+        super().__init__(name="hftrain-tracker-sampler", daemon=True)
+        self.tracker, self.state = tracker, state
+        self.interval = tracker.system_interval
+        world = max(1, int(getattr(args, "world_size", 1) or 1))
+        self.samples_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * world
+        self._stop_event = threading.Event()
+        self._last = (time.perf_counter(), state.global_step, state.num_input_tokens_seen or 0)
+
+    def run(self) -> None:
+        store = TrackerStore(self.tracker.db_path)
+        try:
+            while not self._stop_event.wait(self.interval):
+                self.sample(store)
+        finally:
+            store.close()
+
+    def stop(self, final: bool) -> None:
+        self._stop_event.set()
+        if threading.current_thread() is not self:
+            self.join(timeout=10)
+        if final and self.tracker._store is not None:
+            self.sample(self.tracker._store)
+
+    def sample(self, store: TrackerStore) -> None:
+        """Write one `sys/` sample at the current step."""
+        now, step, tokens = time.perf_counter(), self.state.global_step, self.state.num_input_tokens_seen or 0
+        then, step0, tokens0 = self._last
+        self._last = (now, step, tokens)
+        elapsed = max(now - then, 1e-9)
+        values: dict[str, Optional[float]] = {}
+        if step > step0:  # no step in between (evaluation, saving): keep the last rate rather than write a 0
+            values["sys/steps_per_second"] = (step - step0) / elapsed
+            values["sys/samples_per_second"] = (step - step0) * self.samples_per_step / elapsed
+            if tokens:
+                values["sys/tokens_per_second"] = (tokens - tokens0) / elapsed
+        rss = _rss_bytes()
+        if rss is not None:
+            values["sys/cpu_rss_mb"] = rss / 2**20
+        values.update(_gpu_values())
+        try:
+            store.log_metrics(self.tracker.run_id, step, values)
+        except Exception as exc:  # a sample is never worth failing training for
+            logger.warning(f"hftrain tracker: system sample skipped: {exc}")
+
+
+def _rss_bytes() -> Optional[int]:
+    try:
+        with open("/proc/self/statm", encoding="ascii") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _gpu_values() -> dict[str, float]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    values: dict[str, float] = {}
+    for index in range(torch.cuda.device_count()):
+        values[f"sys/gpu{index}_memory_allocated_mb"] = torch.cuda.memory_allocated(index) / 2**20
+        values[f"sys/gpu{index}_memory_reserved_mb"] = torch.cuda.memory_reserved(index) / 2**20
+        try:
+            values[f"sys/gpu{index}_utilization"] = float(torch.cuda.utilization(index))
+        except Exception:  # needs pynvml / NVML; memory figures are still worth having
+            pass
+    return values
