@@ -25,6 +25,8 @@ _LAZY = {
     "Seq2SeqTrainer": "hftrain.trainers",
     "SFTTrainer": "hftrain.trl_trainers",
     "DPOTrainer": "hftrain.trl_trainers",
+    "DiffusionConfig": "hftrain.diffusion.config",
+    "DiffusionTrainer": "hftrain.diffusion.trainer",
     "HFTrainError": "hftrain.errors",
     "ConfigError": "hftrain.errors",
     "DataError": "hftrain.errors",

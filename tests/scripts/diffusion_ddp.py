@@ -1,0 +1,63 @@
+"""Two-process diffusion run for tests/test_diffusion_ddp.py: trains, checkpoints, resumes, reports per rank.
+
+Run with `accelerate launch --config_file accelerate_configs/cpu_ddp.yaml tests/scripts/diffusion_ddp.py OUT`.
+"""
+
+import json
+import os
+import sys
+
+import torch
+from transformers import TrainerCallback
+
+from hftrain.diffusion import DiffusionConfig, DiffusionTrainer
+from hftrain.diffusion.builtin import build_digits_unet, digits_dataset
+
+
+class StopAt(TrainerCallback):
+    """Ends the run after step `at` (the schedule still spans max_steps, as in the uninterrupted run)."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.at:
+            control.should_training_stop = True
+
+
+def run(out, max_steps, resume=None, stop_at=None):
+    torch.manual_seed(0)
+    unet = build_digits_unet((16, 16), layers_per_block=1, attention=False)
+    args = DiffusionConfig(output_dir=out, per_device_train_batch_size=4, max_steps=max_steps, logging_steps=1,
+                           save_strategy="steps", save_steps=2, eval_strategy="steps", eval_steps=4,
+                           eval_num_samples=4, per_device_eval_batch_size=4, num_inference_steps=2,
+                           disable_tqdm=True, report_to="none", seed=0, learning_rate=1e-3)
+    callbacks = [StopAt(stop_at)] if stop_at else None
+    trainer = DiffusionTrainer(unet, args, digits_dataset(max_rows=24), callbacks=callbacks)  # 3 steps per epoch on 2 processes
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer
+
+
+def main():
+    root = sys.argv[1]
+    full = run(os.path.join(root, "full"), 4)
+    part = run(os.path.join(root, "part"), 4, stop_at=2)  # stops mid-epoch, at the checkpoint
+    resumed = run(os.path.join(root, "part"), 4, resume=os.path.join(root, "part", "checkpoint-2"))
+    full.save_model()
+    flat = torch.cat([p.detach().flatten() for p in full.model.parameters()])
+    gathered = full.accelerator.gather(flat[None])
+    report = {
+        "rank": full.accelerator.process_index,
+        "world_size": full.accelerator.num_processes,
+        "losses_full": [h["loss"] for h in full.state.log_history if "loss" in h],
+        "losses_resumed": [h["loss"] for h in resumed.state.log_history if "loss" in h],
+        "partial_steps": part.state.global_step,
+        "ranks_agree": bool(torch.equal(gathered[0], gathered[1])),
+        "resumed_equals_full": all(torch.equal(a, b) for a, b in zip(resumed.model.parameters(), full.model.parameters())),
+    }
+    with open(os.path.join(root, f"report_{report['rank']}.json"), "w") as handle:
+        json.dump(report, handle)
+
+
+if __name__ == "__main__":
+    main()
