@@ -99,6 +99,26 @@ def test_bad_database_fails_before_training(tokenizer, lm_data, tmp_path):
         TrainingArguments(output_dir=str(tmp_path), tracker_heartbeat_timeout=0)
 
 
+def test_database_failing_mid_run_never_stops_training(tokenizer, lm_data, tmp_path, caplog):
+    class BreakDatabase(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:  # the file's connection dies under the tracker, as on a lost disk
+                find_tracker(trainer)._store.conn.close()
+
+    trainer = _lm_trainer(tokenizer, lm_data, tmp_path / "out", max_steps=4, eval_strategy="no",
+                          tracker_system_interval=0)
+    trainer.add_callback(BreakDatabase())
+    with caplog.at_level("ERROR"):
+        trainer.train()
+    assert trainer.state.global_step == 4  # training finished
+    assert "could not record metrics at step 2" in caplog.text and "training goes on" in caplog.text
+    assert "training failed" not in caplog.text
+    with TrackerStore(os.environ["HFTRAIN_TRACKER_DB"]) as store:
+        (run,) = store.runs()
+        assert [p[0] for p in store.curve(run["id"], "loss")] == [1]  # what was written before the failure stays
+        assert run["status"] == "finished"  # the final status goes through a fresh connection
+
+
 def test_seq2seq_sft_dpo_runs_recorded(tokenizer, tmp_path):
     from hftrain import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import sqlite3
 import threading
 import time
 from typing import Any, Optional
@@ -103,6 +104,7 @@ class TrackerCallback(TrainerCallback, ExportableState):
         self._signalled: Optional[int] = None
         self._sampler: Optional[_Sampler] = None
         self._last_step = 0
+        self._write_failures = 0
         if validate:
             self._open()
 
@@ -214,7 +216,8 @@ class TrackerCallback(TrainerCallback, ExportableState):
             else:  # lists, strings, tables: kept whole as an event, not dropped
                 events.append(("log", {"key": key, "value": _jsonable(value)}))
         self._last_step = state.global_step
-        self._store.log_metrics(self.run_id, state.global_step, metrics, epoch=state.epoch, events=events)
+        self._write("metrics", self._store.log_metrics, self.run_id, state.global_step, metrics, epoch=state.epoch,
+                    events=events)
 
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero or self.run_id is None:
@@ -222,15 +225,28 @@ class TrackerCallback(TrainerCallback, ExportableState):
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         if not os.path.isdir(folder):
             return
-        self._store.log_artifacts(self.run_id, self._artifact_rows(folder, "checkpoint", state.global_step))
+        self._write("checkpoint", lambda: self._store.log_artifacts(
+            self.run_id, self._artifact_rows(folder, "checkpoint", state.global_step)))
 
     def log_artifact(self, path: str, kind: str = "file", step: Optional[int] = None) -> None:
         """Record a file, or every file under a folder, by path, size and SHA-256 in the current run (the files stay
         where they are); no-op off rank 0 or outside a run. The diffusion loop records its sample grids this way."""
         if self.run_id is None or self._store is None or not os.path.exists(path):
             return
-        rows = self._artifact_rows(path, kind, self._last_step if step is None else step)
-        self._store.log_artifacts(self.run_id, rows)
+        self._write(kind, lambda: self._store.log_artifacts(
+            self.run_id, self._artifact_rows(path, kind, self._last_step if step is None else step)))
+
+    def _write(self, what: str, write, *args, **kwargs) -> None:
+        # A database that fails mid-run (disk full, file removed, I/O error) must never stop training: the store
+        # already retried a busy database; report the gap loudly and carry on.
+        try:
+            write(*args, **kwargs)
+        except sqlite3.Error as exc:
+            self._write_failures += 1
+            if self._write_failures == 1 or self._write_failures % 100 == 0:
+                logger.error(f"hftrain tracker: could not record {what} at step {self._last_step} in {self.db_path} "
+                             f"({type(exc).__name__}: {exc}); training goes on, the run record has a gap "
+                             f"({self._write_failures} failed write(s) so far)")
 
     def _artifact_rows(self, path: str, kind: str, step: Optional[int]) -> list:
         limit = self.hash_max_mb * 1024 * 1024
@@ -255,8 +271,15 @@ class TrackerCallback(TrainerCallback, ExportableState):
         self._stop_sampler(final=True)
         status = "killed" if self._signalled is not None else "finished"
         error = f"signal {self._signalled}" if self._signalled is not None else None
-        self._store.set_status(self.run_id, status, error)
-        self._store.checkpoint()
+        try:
+            self._store.set_status(self.run_id, status, error)
+            self._store.checkpoint()
+        except sqlite3.Error:  # the long-lived connection failed mid-run: one fresh try for the final status
+            try:
+                with TrackerStore(self.db_path, timeout=5.0) as store:
+                    store.set_status(self.run_id, status, error)
+            except Exception as exc:  # never fail a finished training over its record
+                logger.error(f"hftrain tracker: could not record status {status} for run {self.run_uuid}: {exc}")
         self._live = False
         lifecycle.unregister(self)
 
