@@ -607,7 +607,9 @@ def curriculum_callbacks(trainer: Any) -> list[TrainerCallback]:
         return []
     s = hftrain_settings(args)
     validate_curriculum_settings(s)
-    dataset = trainer.train_dataset
+    # A loop whose `train_dataset` decodes rows into tensors (the diffusion loop) names its raw rows `train_rows`.
+    dataset = getattr(trainer, "train_rows", None)
+    dataset = trainer.train_dataset if dataset is None else dataset
     if dataset is None:
         return []  # nothing to train on yet; `train()` itself will complain
     if getattr(args, "packing", False):
@@ -642,23 +644,32 @@ def sampler_for_trainer(trainer: Any, train_dataset: Any = None) -> Optional[Cur
     if scores is None:  # the loss scorer runs on the collated, column-pruned rows
         pruned = train_dataset if train_dataset is not None else trainer.train_dataset
         scores = trainer._curriculum_scores = loss_scores(trainer, pruned)
-    world = max(args.world_size, 1)
-    per_step_batches = math.ceil(len(scores) / (trainer._train_batch_size * world))
+    sampler = sampler_for_geometry(trainer.train_dataset, args, scores, per_device_batch=trainer._train_batch_size,
+                                   world_size=max(args.world_size, 1))
+    trainer._curriculum_callback.attach(sampler)
+    trainer._curriculum_sampler = sampler
+    return sampler
+
+
+def sampler_for_geometry(dataset: Any, args: Any, scores: Any, *, per_device_batch: int, world_size: int
+                         ) -> CurriculumSampler:
+    """The curriculum sampler for a loop that draws `per_device_batch` rows per process and micro-batch on
+    `world_size` processes (with `args.gradient_accumulation_steps`, `max_steps`/`num_train_epochs` and
+    `dataloader_drop_last` as in Trainer). Used by `HFTrainMixin` and by the diffusion loop."""
+    per_step_batches = math.ceil(len(scores) / (per_device_batch * world_size))
     if args.dataloader_drop_last:
-        per_step_batches = max(len(scores) // (trainer._train_batch_size * world), 1)
+        per_step_batches = max(len(scores) // (per_device_batch * world_size), 1)
     ga = args.gradient_accumulation_steps
     steps_per_epoch = max(per_step_batches // ga + int(per_step_batches % ga > 0), 1)
     total = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
     sampler, _ = build_curriculum_sampler(
-        trainer.train_dataset,
+        dataset,
         args,
-        samples_per_step=trainer._train_batch_size * world * ga,
+        samples_per_step=per_device_batch * world_size * ga,
         steps_per_epoch=steps_per_epoch,
         total_steps=total,
         scores=scores,
     )
-    trainer._curriculum_callback.attach(sampler)
-    trainer._curriculum_sampler = sampler
     logger.info(
         f"curriculum: {len(sampler)} rows scored by {sampler.fingerprint['scorer']}, pacing {sampler.pacing} "
         f"from {sampler.start:.2f} to all by {sampler.full_at:.0%} of {total} steps"

@@ -325,3 +325,38 @@ def test_samplers_skip_the_cosine_schedules_singular_last_timestep():
         sampler = sampling_scheduler(name, train)
         sampler.set_timesteps(20)
         assert int(sampler.timesteps[0]) <= 951, name  # t=999 has sigma ~2e4 and saturated every sample
+
+
+def test_curriculum_orders_diffusion_training_and_resumes_exactly(tmp_path, digits):
+    # Labels 0-9 as a toy difficulty: 30% of the rows (the lowest labels) are open at first, all by 50% of training.
+    settings = dict(max_steps=8, save_strategy="steps", save_steps=3, curriculum="column", curriculum_column="label",
+                    curriculum_pacing="linear", curriculum_start=0.3, curriculum_full_at=0.5)
+    class SamplerEpochs(TrainerCallback):  # which epoch's order the sampler served at each step
+        def __init__(self):
+            self.seen = {}
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.seen[state.global_step] = trainer_under_test._curriculum_callback.sampler.epoch
+
+    epochs = SamplerEpochs()
+    full = trainer_under_test = DiffusionTrainer(tiny_unet(), config(tmp_path / "a", **settings), digits,
+                                                 callbacks=[epochs])
+    full.train()
+    assert epochs.seen == {step: (step - 1) // 5 for step in range(1, 9)}  # 40 rows / batch 8: 5 steps an epoch
+    logged = [h for h in full.state.log_history if "curriculum/open_share" in h]
+    assert len(logged) == 8 and logged[0]["curriculum/open_share"] < logged[-1]["curriculum/open_share"] == 1.0
+    assert logged[0]["curriculum/mean_difficulty"] < np.mean(digits["label"])  # easy digits first
+    killed_args = config(tmp_path / "b", **settings)
+    with pytest.raises(KeyboardInterrupt):
+        DiffusionTrainer(tiny_unet(), killed_args, digits, callbacks=[_Crash(at=4)]).train()
+    epochs.seen.clear()
+    resumed = trainer_under_test = DiffusionTrainer(tiny_unet(seed=1), config(tmp_path / "b", **settings), digits,
+                                                    callbacks=[epochs])
+    resumed.train(resume_from_checkpoint=os.path.join(killed_args.output_dir, "checkpoint-3"))
+    assert epochs.seen == {step: (step - 1) // 5 for step in range(4, 9)}
+    assert losses(resumed) == losses(full)
+    assert [h["curriculum/mean_difficulty"] for h in resumed.state.log_history if "curriculum/open_share" in h] \
+        == [h["curriculum/mean_difficulty"] for h in logged]
+    assert all(torch.equal(a, b) for a, b in zip(resumed.model.parameters(), full.model.parameters()))
+    with pytest.raises(ConfigError, match="the `loss` scorer scores text"):
+        DiffusionTrainer(tiny_unet(), config(tmp_path / "c", curriculum="loss"), digits)

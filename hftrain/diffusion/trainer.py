@@ -96,6 +96,7 @@ class DiffusionTrainer:
         )
         # Every check on the data runs here, before the accelerator starts or anything is written.
         self.train_dataset = ImageDataset(train_dataset, **dataset_kwargs)
+        self.train_rows = train_dataset  # the undecoded rows, for curriculum scorers (a `column`, a callable)
         self.eval_dataset = None if eval_dataset is None else ImageDataset(eval_dataset, **dataset_kwargs)
         if model.config.sample_size != self.resolution:
             logger.warning(f"UNet sample_size {model.config.sample_size} -> {self.resolution} (resolution), "
@@ -125,6 +126,9 @@ class DiffusionTrainer:
             stateful_callbacks=[cb for cb in self.callback_handler.callbacks if isinstance(cb, ExportableState)],
         )
         self.control = TrainerControl()
+        if hftrain_settings(args).curriculum == "loss":
+            raise ConfigError("curriculum: the `loss` scorer scores text with a language model; for diffusion use "
+                              "`column` (e.g. curriculum_column=label) or a callable")
         for callback in build_callbacks(self):
             self.callback_handler.add_callback(callback)
         self.control = self.callback_handler.on_init_end(args, self.state, self.control)
@@ -159,12 +163,27 @@ class DiffusionTrainer:
             raise ConfigError("caption_column / text_encoder: the UNet has no cross-attention blocks to take text")
         return resolution, num_classes
 
+    def _train_sampler(self):
+        """The shuffled epoch order, or the curriculum's order when `args.curriculum` is set (build_callbacks made
+        its callback and scores when the trainer was built; the sampler needs the batch geometry)."""
+        args = self.args
+        callback = getattr(self, "_curriculum_callback", None)
+        if callback is None:
+            return EpochSampler(len(self.train_dataset), seed=args.data_seed if args.data_seed is not None else args.seed)
+        from ..curriculum import sampler_for_geometry
+
+        sampler = sampler_for_geometry(self.train_rows, args, self._curriculum_scores,
+                                       per_device_batch=args.per_device_train_batch_size,
+                                       world_size=self.accelerator.num_processes)
+        callback.attach(sampler)
+        return sampler
+
     # -- the loop -------------------------------------------------------------------------------------------------
     def train(self, resume_from_checkpoint: Optional[str] = None) -> dict:
         """Train to `max_steps` (or `num_train_epochs`), resuming exactly from `resume_from_checkpoint` if given."""
         args, accelerator = self.args, self.accelerator
         start_time = time.time()
-        sampler = EpochSampler(len(self.train_dataset), seed=args.data_seed if args.data_seed is not None else args.seed)
+        sampler = self._train_sampler()
         dataloader = DataLoader(
             self.train_dataset, batch_size=args.per_device_train_batch_size, sampler=sampler,
             collate_fn=self._collate, drop_last=args.dataloader_drop_last, num_workers=args.dataloader_num_workers,
@@ -219,6 +238,9 @@ class DiffusionTrainer:
                 break
             sampler.epoch = epoch
             epoch_batches = accelerator.skip_first_batches(dataloader, skip_batches) if skip_batches else dataloader
+            # DataLoaderShard hands its own iteration count to a sampler's `set_epoch` when iterated (0 again after
+            # a resume); give it the true epoch so a curriculum sampler keeps its order.
+            epoch_batches.set_epoch(epoch)
             batch_index, skip_batches = (self.state.global_step % updates_per_epoch) * ga, 0
             self.control = handler.on_epoch_begin(args, self.state, self.control)
             batch_iter = iter(epoch_batches)
