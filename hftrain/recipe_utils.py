@@ -24,6 +24,7 @@ __all__ = [
     "load_seq2seq_lm",
     "apply_peft",
     "finish_run",
+    "push_if_asked",
 ]
 
 SFT_FORMATS = (("messages",), ("conversations",), ("prompt", "completion"), ("text",))
@@ -295,7 +296,7 @@ def finish_run(trainer, *, model_args, recipe: str, dataset: str, task: str, pus
                evaluate: bool = True) -> dict:
     """Save the model (or adapter) and tokenizer, evaluate, merge the adapter if asked, export the run history,
     write hftrain's model card, push when asked, and print where everything is. Returns the eval metrics."""
-    from .hub import export_run_history, push_results, write_model_card
+    from .hub import export_run_history, write_model_card
     from .peft_utils import merge_and_save
 
     args = trainer.args
@@ -320,15 +321,23 @@ def finish_run(trainer, *, model_args, recipe: str, dataset: str, task: str, pus
     print(f"[hftrain] metrics: {os.path.abspath(os.path.join(output_dir, 'all_results.json'))}")
     print(f"[hftrain] model card: {os.path.abspath(card)}")
     _print_run_record(trainer, history)
-    if push_target:
-        try:
-            url = push_results(output_dir, repo_id=push_target["repo_id"], token=push_target["token"],
-                               private=push_target["private"], revision=push_target["revision"])
-            print(f"[hftrain] pushed to {url}")
-        except HFTrainError as exc:
-            # The local results are complete; a failed upload is reported, not raised, so nothing is lost.
-            print(f"[hftrain] error: {exc}", file=sys.stderr)
+    push_if_asked(output_dir, push_target)
     return metrics
+
+
+def push_if_asked(output_dir: str, push_target: Optional[dict]) -> None:
+    """Upload `output_dir` when the run asked for it (rank 0). A failed upload is reported with the retry command,
+    never raised: the local results are complete and nothing is lost."""
+    from .hub import push_results
+
+    if not push_target:
+        return
+    try:
+        url = push_results(output_dir, repo_id=push_target["repo_id"], token=push_target["token"],
+                           private=push_target["private"], revision=push_target["revision"])
+        print(f"[hftrain] pushed to {url}")
+    except HFTrainError as exc:
+        print(f"[hftrain] error: {exc}", file=sys.stderr)
 
 
 def _print_run_record(trainer, history: Optional[str]) -> None:

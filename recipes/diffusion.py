@@ -28,7 +28,15 @@ from hftrain import HFTrainParser, ModelArguments, ScriptArguments
 from hftrain.diffusion import DiffusionConfig, DiffusionTrainer, UNetArguments
 from hftrain.diffusion.builtin import DigitQuality, build_digits_unet, digits_dataset
 from hftrain.errors import ConfigError, ModelLoadError
-from hftrain.recipe_utils import find_resume_checkpoint, is_main_process, load_dataset_splits, run_main
+from hftrain.hub import export_run_history
+from hftrain.recipe_utils import (
+    find_resume_checkpoint,
+    is_main_process,
+    load_dataset_splits,
+    push_if_asked,
+    run_main,
+    start_run,
+)
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "diffusion_default.yaml")
 
@@ -64,6 +72,7 @@ def load_unet(model_args, unet_args, training_args):
 def main(argv: Optional[list[str]] = None):
     # 1. Arguments: YAML, then command-line overrides. Bad keys, types or names fail here, writing nothing.
     script_args, training_args, unet_args, model_args = parse_args(argv)
+    push_target = start_run(training_args)  # effective batch; hftrain pushes once, after its card is written
     bundled = not script_args.dataset_name
     if bundled and unet_args.class_conditional and training_args.class_column is None:
         training_args.class_column = "label"
@@ -104,11 +113,11 @@ def main(argv: Optional[list[str]] = None):
         with open(os.path.join(output_dir, "all_results.json"), "w") as handle:
             json.dump(results, handle, indent=2)
 
-    # 7. Card and push.
+    # 7. Card (with the sample grid and the run history) and push: pipeline, samples, card, history.
     if is_main_process():
-        write_card(output_dir, training_args, metrics)
-    if training_args.push_to_hub:
-        trainer.push_to_hub()
+        history = export_run_history(trainer, output_dir)
+        write_card(output_dir, training_args, metrics, trainer.state.global_step, history)
+        push_if_asked(output_dir, push_target)
 
     # 8. Where everything is.
     if is_main_process():
@@ -122,19 +131,24 @@ def main(argv: Optional[list[str]] = None):
     return trainer, metrics
 
 
-def write_card(output_dir: str, args, metrics: dict) -> None:
-    """A short README.md for the pipeline folder: how it was trained and its final scores."""
+def write_card(output_dir: str, args, metrics: dict, step: int, history: Optional[str]) -> None:
+    """README.md for the pipeline folder: how it was trained, its final scores, the last sample grid, the history."""
     pipeline = "ImagePipeline" if args.class_column or args.caption_column else "DDPMPipeline"
     loader = "from hftrain.diffusion import ImagePipeline" if pipeline == "ImagePipeline" else "from diffusers import DDPMPipeline"
+    grid = f"samples/step-{step:06d}.png"
     lines = [
         "---", "library_name: diffusers", "tags: [hftrain, diffusion, unconditional-image-generation]", "---", "",
         "# Diffusion model trained with hftrain", "",
         f"Noise schedule `{args.noise_schedule}`, prediction `{args.prediction_type}`, sampler `{args.sampler}` "
-        f"({args.num_inference_steps} steps), {args.max_steps} steps at batch {args.per_device_train_batch_size}.", "",
+        f"({args.num_inference_steps} steps), {step} steps at batch {args.per_device_train_batch_size}.", "",
         "```python", loader, f"pipe = {pipeline}.from_pretrained('{output_dir}')", "```", "",
         "| metric | value |", "|---|---|",
         *[f"| {k} | {v:.4g} |" for k, v in metrics.items() if isinstance(v, (int, float))],
     ]
+    if os.path.isfile(os.path.join(output_dir, grid)):
+        lines += ["", f"![samples at step {step}]({grid})"]
+    if history:
+        lines += ["", f"Run history (every logged value, from hftrain's tracker): `{os.path.relpath(history, output_dir)}/`."]
     with open(os.path.join(output_dir, "README.md"), "w") as handle:
         handle.write("\n".join(lines) + "\n")
 

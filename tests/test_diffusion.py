@@ -316,6 +316,22 @@ def test_recipe_trains_with_tiny_overrides_and_rejects_bad_names(tmp_path, repo_
     again, _ = recipe.main(tiny + ["--max_steps", "3"])  # resumes from checkpoint-2 in output_dir
     assert again.state.global_step == 3 and [h["step"] for h in again.state.log_history if "loss" in h] == [1, 2, 3]
 
+    # --push_to_hub: the pipeline, the sample grid, the card and the run history go up; checkpoints do not.
+    from test_hub import FakeHub
+
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token_123")
+    hub = FakeHub(monkeypatch)
+    pushed = tmp_path / "pushed"
+    recipe.main([*tiny[2:], "--output_dir", str(pushed), "--push_to_hub", "true", "--hub_model_id", "someone/digits"])
+    (_, token, repo, _), (_, _, _, upload) = hub.calls
+    assert (token, repo, upload["repo_id"]) == ("hf_test_token_123", "someone/digits", "someone/digits")
+    files = upload["allow_patterns"]
+    assert {"model_index.json", "README.md", "samples/step-000002.png", "run_history/history.csv",
+            "unet/config.json"} <= set(files)
+    assert not [f for f in files if f.startswith("checkpoint-")]
+    card = (pushed / "README.md").read_text()
+    assert "![samples at step 2](samples/step-000002.png)" in card and "eval_quality" in card
+
 
 def test_samplers_skip_the_cosine_schedules_singular_last_timestep():
     from hftrain.diffusion.schedules import sampling_scheduler, training_scheduler

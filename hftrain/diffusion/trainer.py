@@ -537,17 +537,15 @@ class DiffusionTrainer:
         logger.info(f"resumed from {folder} at step {self.state.global_step}")
 
     def push_to_hub(self, commit_message: str = "End of training") -> Optional[str]:
-        """Upload `output_dir` (pipeline, samples, trainer state; not the checkpoints) to `args.hub_model_id`."""
+        """Upload `output_dir` (pipeline, samples, card, history; not the checkpoints) to `args.hub_model_id`, with
+        hftrain's uploader (one clear error and a retry command if it fails)."""
         if not self.accelerator.is_main_process:
             return None
-        from huggingface_hub import create_repo, upload_folder
+        from ..hub import push_results
 
         self.control = self.callback_handler.on_push_begin(self.args, self.state, self.control)
-        repo_id = self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))
-        repo = create_repo(repo_id, token=self.args.hub_token, private=self.args.hub_private_repo, exist_ok=True)
-        upload_folder(repo_id=repo.repo_id, folder_path=self.args.output_dir, commit_message=commit_message,
-                      token=self.args.hub_token, ignore_patterns=["checkpoint-*", "_*"])
-        return repo.repo_id
+        return push_results(self.args.output_dir, repo_id=self.args.hub_model_id, token=self.args.hub_token,
+                            private=self.args.hub_private_repo, commit_message=commit_message)
 
     def _load_from_checkpoint(self, folder: str) -> None:
         """Weights and EMA from `folder`. Same name and meaning as in `Trainer`, for callbacks that roll back."""
