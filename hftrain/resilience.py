@@ -29,7 +29,7 @@ from .validation import run_signature, signature_differences
 logger = logging.get_logger(__name__)
 
 __all__ = ["MARKER", "checkpoint_problem", "last_valid_checkpoint", "saved_signature", "ResilienceCallback",
-           "run_train"]
+           "notify_train_error", "run_train"]
 
 MARKER = "hftrain_checkpoint.json"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -292,6 +292,15 @@ def resolve_resume(trainer: Any, resume_from_checkpoint: Any) -> Any:
     return checkpoint
 
 
+def notify_train_error(trainer: Any, exc: BaseException) -> None:
+    """No TrainerCallback event fires when `train()` raises: tell the callbacks that keep state across a run (the
+    tracker's status, the graceful-stop signal handlers) through their `on_train_error(trainer, exc)` hook."""
+    for callback in trainer.callback_handler.callbacks:
+        hook = getattr(callback, "on_train_error", None)
+        if hook is not None:
+            hook(trainer, exc)
+
+
 def run_train(trainer: Any, train: Callable[..., Any], resume_from_checkpoint: Any = None, *args, **kwargs) -> Any:
     """Run the parent's `train` with a safe resume, a failure alert, and the deferred signal once it returns."""
     resume_from_checkpoint = resolve_resume(trainer, resume_from_checkpoint)
@@ -299,12 +308,7 @@ def run_train(trainer: Any, train: Callable[..., Any], resume_from_checkpoint: A
     try:
         output = train(resume_from_checkpoint, *args, **kwargs)
     except BaseException as exc:
-        # No TrainerCallback event fires when train() raises: tell the callbacks that keep state across the run
-        # (the tracker's status, the graceful-stop signal handlers) through their `on_train_error` hook.
-        for callback in trainer.callback_handler.callbacks:
-            hook = getattr(callback, "on_train_error", None)
-            if hook is not None:
-                hook(trainer, exc)
+        notify_train_error(trainer, exc)
         if notifier is not None:
             notifier.notify("failure", "failure", f"training failed: {exc.__class__.__name__}: {exc}",
                             step=trainer.state.global_step, checkpoint=last_valid_checkpoint(trainer.args.output_dir),

@@ -229,6 +229,9 @@ def test_resume_mid_epoch_reproduces_the_run_exactly(tmp_path, digits):
     killed_args = config(tmp_path / "b", **settings)
     with pytest.raises(KeyboardInterrupt):
         DiffusionTrainer(tiny_unet(), killed_args, digits, callbacks=[_Crash(at=4)]).train()
+    from hftrain.tracking import lifecycle
+
+    assert not lifecycle.installed()  # the crashed run told its callbacks: no signal handler of it stays behind
     checkpoint = os.path.join(killed_args.output_dir, "checkpoint-3")
     assert set(os.listdir(checkpoint)) >= {"data_state.json", "optimizer.pt", "rng_state_0.pth", "scheduler.pt",
                                            "trainer_state.json", "unet", "unet_ema"}

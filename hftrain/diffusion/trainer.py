@@ -181,6 +181,15 @@ class DiffusionTrainer:
     # -- the loop -------------------------------------------------------------------------------------------------
     def train(self, resume_from_checkpoint: Optional[str] = None) -> dict:
         """Train to `max_steps` (or `num_train_epochs`), resuming exactly from `resume_from_checkpoint` if given."""
+        try:
+            return self._train(resume_from_checkpoint)
+        except BaseException as exc:
+            from ..resilience import notify_train_error
+
+            notify_train_error(self, exc)  # the tracker records failed/killed, signal handlers are put back
+            raise
+
+    def _train(self, resume_from_checkpoint: Optional[str]) -> dict:
         args, accelerator = self.args, self.accelerator
         start_time = time.time()
         sampler = self._train_sampler()
