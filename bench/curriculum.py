@@ -80,7 +80,8 @@ def run(opts, seed, curriculum):
 
     tokenizer = build_tokenizer()
     train, prompts, answers = build_data(tokenizer, opts.train_size, opts.eval_size)
-    model = build_tiny_causal_lm(tokenizer, seed=seed)
+    model = build_tiny_causal_lm(tokenizer, hidden_size=opts.hidden, num_layers=opts.layers,
+                                 num_heads=max(1, opts.hidden // 32), seed=seed)
     reached = {}
 
     class StopAtTarget(TrainerCallback):
@@ -120,8 +121,10 @@ def main(argv=None) -> int:
     parser.add_argument("--eval_every", type=int, default=25)
     parser.add_argument("--train_size", type=int, default=4000)
     parser.add_argument("--eval_size", type=int, default=200)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--hidden", type=int, default=256, help="hidden size (the SFT recipe's default model)")
+    parser.add_argument("--layers", type=int, default=3, help="layers (the SFT recipe's default model)")
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--scorer", default="column")
     parser.add_argument("--pacing", default="root")

@@ -84,7 +84,8 @@ def main() -> None:
 
 def describe_defaults() -> str:
     settings = hftrain.HFTrainArguments()
-    return ", ".join(f"{name}={getattr(settings, name)}" for name in ("tracker", "auto_resume") if hasattr(settings, name))
+    names = ("tracker", "monitor", "monitor_nonfinite_action", "graceful_signals", "curriculum", "eval_metrics")
+    return ", ".join(f"{name}={getattr(settings, name)!r}" for name in names if hasattr(settings, name))
 
 
 if __name__ == "__main__":

@@ -10,11 +10,9 @@ TRL's `SFTConfig` / `DPOConfig` live in `hftrain.trl_args` so that plain `Traine
 
 from __future__ import annotations
 
-import argparse
 import contextvars
 import dataclasses
 import difflib
-import json
 import os
 import sys
 from dataclasses import dataclass, field

@@ -19,7 +19,6 @@ import importlib
 import math
 import re
 import string
-from collections import defaultdict
 from fractions import Fraction
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 

@@ -24,6 +24,7 @@ tracker as an event and sent as an alert.
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import weakref
@@ -43,30 +44,52 @@ SEVERITY = {"warn": 0, "skip": 1, "rollback": 2, "stop": 3}
 
 
 class RobustWindow:
-    """Running median and MAD over the last `size` values; `zscore` says how far a value sits above the median."""
+    """Running median and MAD over the last `size` values; `zscore` says how far a value sits above the median.
+
+    The window is also kept sorted (bisect), so the per-step median costs no sort: the monitor runs every step.
+    """
 
     def __init__(self, size: int, min_count: int):
         self.values: deque = deque(maxlen=size)
+        self.ordered: list = []
         self.min_count = min_count
 
     def add(self, value: float) -> None:
         """Add a finite value to the window."""
+        if len(self.values) == self.values.maxlen:
+            del self.ordered[bisect.bisect_left(self.ordered, self.values[0])]
         self.values.append(value)
+        bisect.insort(self.ordered, value)
 
     def zscore(self, value: float) -> Optional[float]:
         """(value - median) / robust sigma, or None while fewer than `min_count` values were seen."""
         if len(self.values) < self.min_count:
             return None
-        ordered = sorted(self.values)
-        median = _median(ordered)
-        mad = _median(sorted(abs(v - median) for v in ordered))
+        median = _median(self.ordered)
+        return (value - median) / self._sigma(median)
+
+    def exceeds(self, value: float, threshold: float) -> Optional[float]:
+        """The z-score of `value` when it is above `threshold`, else None: the same decision as `zscore`, cheaper.
+
+        sigma is at least 0.1*|median|, so a value within threshold * 0.1*|median| of the median cannot exceed the
+        threshold and needs no MAD (a sort).
+        """
+        if len(self.values) < self.min_count:
+            return None
+        median = _median(self.ordered)
+        if value - median <= threshold * max(0.1 * abs(median), 1e-12):
+            return None
+        z = (value - median) / self._sigma(median)
+        return z if z > threshold else None
+
+    def _sigma(self, median: float) -> float:
+        mad = _median(sorted(abs(v - median) for v in self.ordered))
         # 1.4826 * MAD estimates sigma for normal noise; the floor keeps a flat history from flagging tiny wiggles.
-        sigma = max(1.4826 * mad, 0.1 * abs(median), 1e-12)
-        return (value - median) / sigma
+        return max(1.4826 * mad, 0.1 * abs(median), 1e-12)
 
     def median(self) -> Optional[float]:
         """The median of the window, None when empty."""
-        return _median(sorted(self.values)) if self.values else None
+        return _median(self.ordered) if self.values else None
 
 
 def _median(ordered: list) -> float:
@@ -147,11 +170,12 @@ class MonitorCallback(TrainerCallback):
         trainer = self._trainer()
         grad_norm, self._grad_norm = self._grad_norm, None
         loss, step_loss = getattr(trainer, "_tr_loss", None), None
-        if grad_norm is not None and loss is not None and hasattr(grad_norm, "device"):
+        if (grad_norm is not None and loss is not None and hasattr(grad_norm, "device")
+                and grad_norm.device.type != "cpu"):
             import torch
 
             values = torch.stack([grad_norm.detach().float().reshape(()).to(loss.device),
-                                  loss.detach().float().reshape(())]).tolist()  # one sync for both numbers
+                                  loss.detach().float().reshape(())]).tolist()  # one device sync for both numbers
             grad_norm, running = values
         else:
             grad_norm, running = _item(grad_norm), _item(loss)
@@ -181,14 +205,14 @@ class MonitorCallback(TrainerCallback):
             return [("nonfinite", s.monitor_nonfinite_action, f"non-finite {' and '.join(bad)}")]
         findings = []
         if grad_norm is not None:
-            z = self.grad_norms.zscore(grad_norm)
-            if z is not None and z > s.monitor_spike_threshold:
+            z = self.grad_norms.exceeds(grad_norm, s.monitor_spike_threshold)
+            if z is not None:
                 findings.append(("grad_explosion", s.monitor_grad_explosion_action,
                                  f"gradient norm {grad_norm:.4g} is {z:.1f} robust sigmas above the running median "
                                  f"{self.grad_norms.median():.4g}"))
         if step_loss is not None:
-            z = self.losses.zscore(step_loss)
-            if z is not None and z > s.monitor_spike_threshold:
+            z = self.losses.exceeds(step_loss, s.monitor_spike_threshold)
+            if z is not None:
                 findings.append(("loss_spike", s.monitor_loss_spike_action,
                                  f"loss {step_loss:.4g} is {z:.1f} robust sigmas above the running median "
                                  f"{self.losses.median():.4g}"))

@@ -8,7 +8,6 @@ fixes is in docs/monitor.md ("Troubleshooting").
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -247,12 +246,3 @@ def validate_output_dir(output_dir: str, args: Any, model: Any = None) -> Option
         raise ConfigError(f"output_dir {output_dir}: holds {os.path.basename(checkpoint)} of a run with other "
                           f"arguments ({'; '.join(differences)}); use another output_dir or the same arguments")
     return checkpoint
-
-
-def _load_json(path: str) -> Optional[dict]:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-        return data if isinstance(data, dict) else None
-    except (OSError, ValueError):
-        return None

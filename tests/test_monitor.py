@@ -1,7 +1,5 @@
 """The training monitor on a tiny Llama: injected NaNs, gradient explosions, loss spikes, stalls, overfitting."""
 
-import math
-import os
 import sys
 from pathlib import Path
 
@@ -171,6 +169,15 @@ def test_robust_window():
         w.add(v)
     assert w.median() == 1.0
     assert w.zscore(1.1) < 2 and w.zscore(100.0) > 50
+    # `exceeds` makes the same decision as comparing `zscore` with the threshold, for values on both sides of it
+    import random
+
+    rng = random.Random(0)
+    for _ in range(2000):
+        w.add(rng.uniform(0.5, 1.5))
+        value, threshold = rng.uniform(-1, 4), rng.choice([1.0, 3.0, 6.0])
+        z = w.zscore(value)
+        assert w.exceeds(value, threshold) == (z if z > threshold else None)
 
 
 @pytest.mark.parametrize("field,value,needle", [
