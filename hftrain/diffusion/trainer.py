@@ -86,6 +86,7 @@ class DiffusionTrainer:
         self.hftrain_args = hftrain_settings(args)
         set_seed(args.seed)
         self.model = model
+        self._text_conditional = isinstance(model, UNet2DConditionModel)  # checked once, used every step
         self.resolution, num_classes = self._check_model(model, text_encoder, tokenizer)
         self.text_encoder, self.tokenizer, self.quality_fn = text_encoder, tokenizer, quality_fn
         self.noise_scheduler = training_scheduler(args.noise_schedule, args.prediction_type, args.num_train_timesteps)
@@ -207,6 +208,8 @@ class DiffusionTrainer:
                 eps=args.adam_epsilon, weight_decay=args.weight_decay,
             )
         model, optimizer, dataloader = accelerator.prepare(self.model, self.optimizer, dataloader)
+        # Unwrapping walks every module (~1 ms here); the parameters the EMA follows never change, so do it once.
+        ema_targets = list(accelerator.unwrap_model(model).parameters())
         if self.text_encoder is not None:
             self.text_encoder.requires_grad_(False).eval().to(accelerator.device)
         if self.ema is not None:
@@ -277,7 +280,7 @@ class DiffusionTrainer:
                     self.lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 if self.ema is not None:
-                    self.ema.step(accelerator.unwrap_model(model).parameters())
+                    self.ema.step(ema_targets)
                 self.state.global_step += 1
                 steps_this_run += 1
                 self.state.epoch = epoch + batch_index / batches_per_epoch
@@ -349,7 +352,7 @@ class DiffusionTrainer:
         kwargs = {}
         if "class_labels" in batch:
             kwargs["class_labels"] = batch["class_labels"]
-        if isinstance(self._unwrapped, UNet2DConditionModel):
+        if self._text_conditional:
             kwargs["encoder_hidden_states"] = None
             if "input_ids" in batch:
                 with torch.no_grad():
