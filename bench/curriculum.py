@@ -141,8 +141,8 @@ def main(argv=None) -> int:
     from transformers.utils import logging
 
     logging.set_verbosity_error()
-    print(f"task: arithmetic, {opts.train_size} train rows, {opts.eval_size} held out; tiny Llama (build_tiny_causal_lm "
-          f"defaults); batch {opts.batch}, lr {opts.lr} constant after {opts.warmup} warmup; target exact match "
+    print(f"task: arithmetic, {opts.train_size} train rows, {opts.eval_size} held out; tiny Llama (hidden {opts.hidden}, "
+          f"{opts.layers} layers); batch {opts.batch}, lr {opts.lr} constant after {opts.warmup} warmup; target exact match "
           f"{opts.target}, checked every {opts.eval_every} steps, cap {opts.max_steps} steps")
     print(f"curriculum: scorer={opts.scorer} pacing={opts.pacing} start={opts.start} full_at={opts.full_at} "
           f"(of {opts.max_steps} steps)")
