@@ -14,6 +14,7 @@ __all__ = [
     "run_main",
     "load_dataset_splits",
     "require_columns",
+    "default_curriculum_only_for_bundled_data",
     "load_tokenizer",
     "load_causal_lm",
     "find_resume_checkpoint",
@@ -108,6 +109,17 @@ def require_columns(dataset, alternatives: Sequence[Sequence[str]], what: str) -
             return tuple(group)
     wanted = " or ".join("+".join(group) for group in alternatives)
     raise DataError(f"{what}: needs columns {wanted}; the dataset has {', '.join(sorted(columns)) or 'no columns'}")
+
+
+def default_curriculum_only_for_bundled_data(training_args, train_dataset) -> None:
+    """The default configs order the bundled data by its `difficulty` column; a named dataset without that column
+    trains in random order (said on rank 0). Any other `curriculum_column` the user names must exist (an error)."""
+    if (getattr(training_args, "curriculum", None) == "column" and training_args.curriculum_column == "difficulty"
+            and "difficulty" not in train_dataset.column_names):
+        training_args.curriculum = None
+        if is_main_process():
+            print("[hftrain] curriculum off: the dataset has no `difficulty` column (the default config orders the "
+                  "bundled data by it); set --curriculum_column to a numeric column of yours to order by it")
 
 
 # -- models --------------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from hftrain import HFTrainParser, ModelArguments, ScriptArguments, SFTConfig, S
 from hftrain.builtin import arithmetic_splits
 from hftrain.recipe_utils import (
     SFT_FORMATS,
+    default_curriculum_only_for_bundled_data,
     apply_peft,
     find_resume_checkpoint,
     finish_run,
@@ -76,6 +77,8 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
     columns = require_columns(train_dataset, SFT_FORMATS, "dataset_name")
     if eval_dataset is not None:
         require_columns(eval_dataset, [columns], "dataset_test_split")
+    if script_args.dataset_name:
+        default_curriculum_only_for_bundled_data(training_args, train_dataset)
 
     # 3. Model and tokenizer: the embedded tiny Llama, or any Hub model by name.
     tokenizer = load_tokenizer(model_args)

@@ -50,8 +50,14 @@ def test_config_file_then_command_line_overrides(sft_main, tmp_path):
 
 
 def test_resumes_from_last_checkpoint_in_output_dir(sft_main, tmp_path, capsys):
+    from transformers import TrainerCallback
+
+    class StopAt4(TrainerCallback):  # an interrupted run: stops after checkpoint-4 of an 8-step schedule
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_training_stop = state.global_step == 4
+
     out = tmp_path / "run"
-    sft_main(["--output_dir", str(out), "--max_steps", "4", *TINY])
+    sft_main(["--output_dir", str(out), "--max_steps", "8", *TINY], callbacks=[StopAt4()])
     assert (out / "checkpoint-4" / "trainer_state.json").exists()
     capsys.readouterr()
     trainer, _ = sft_main(["--output_dir", str(out), "--max_steps", "8", *TINY])
@@ -69,13 +75,25 @@ def test_auto_resume_off_starts_from_scratch(sft_main, tmp_path, capsys):
     assert "resuming" not in capsys.readouterr().out
 
 
-def test_local_dataset_file(sft_main, tmp_path):
+def test_local_dataset_file(sft_main, tmp_path, capsys):
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"{i}+1=", "completion": str(i + 1)}) + "\n" for i in range(40)))
     trainer, metrics = sft_main(["--output_dir", str(tmp_path / "run"), "--dataset_name", str(data),
                                  "--max_steps", "2", "--eval_holdout", "0.2", *TINY])
     assert len(trainer.train_dataset) == 32 and len(trainer.eval_dataset) == 8
     assert "eval_loss" in metrics
+    # the default config's curriculum orders the bundled data by `difficulty`; this file has none: random order
+    assert "curriculum off: the dataset has no `difficulty` column" in capsys.readouterr().out
+    assert trainer.args.curriculum is None
+    with pytest.raises(DataError, match="curriculum_column: no column 'hardness'"):
+        sft_main(["--output_dir", str(tmp_path / "run2"), "--dataset_name", str(data), "--max_steps", "2",
+                  "--curriculum_column", "hardness", *TINY])
+
+
+def test_default_run_follows_the_curriculum(sft_main, tmp_path):
+    trainer, _ = sft_main(["--output_dir", str(tmp_path / "run"), "--max_steps", "8", *TINY])
+    shares = [e["curriculum/open_share"] for e in trainer.state.log_history if "curriculum/open_share" in e]
+    assert len(shares) == 4 and shares[0] < shares[-1] == 1.0
 
 
 @pytest.mark.parametrize(
