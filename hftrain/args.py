@@ -83,7 +83,7 @@ class HFTrainArguments:
         metadata={
             "help": "Metrics computed at every evaluation, by name: bleu chrf rouge1 rouge2 rougeL rougeLsum "
             "exact_match numeric_match sections perplexity dpo, an import path `module:function`, or an `evaluate` "
-            "module (needs the Hub). Empty (default): evaluation is the parent's, unchanged. See docs/metrics.md."
+            "module (needs the Hub). Empty (default): evaluation is the parent's, unchanged. See the README, section Evaluation metrics."
         },
     )
     eval_generation_samples: int = field(
@@ -163,7 +163,7 @@ class HFTrainArguments:
     )
 
 
-    # --- monitor, alerts, resilience (hftrain.monitor, hftrain.alerts, hftrain.resilience; docs/monitor.md) --------
+    # --- monitor, alerts, resilience (hftrain.monitor, hftrain.alerts, hftrain.resilience) ----------------------
     monitor: bool = field(
         default=True,
         metadata={"help": "Watch every step for NaN/Inf, loss spikes, gradient explosions, a zero learning rate and a "

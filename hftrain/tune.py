@@ -5,7 +5,7 @@ trials each call the recipe's own `main()` with the sampled values as command-li
 exactly what `accelerate launch recipes/sft.py --learning_rate ...` would. Why not `Trainer.hyperparameter_search`:
 TRL's `SFTTrainer`/`DPOTrainer` have no `model_init` and patch the model in their constructor (fused LM head), so one
 trainer per trial is the only correct way for them; doing the same for every recipe keeps one code path (see
-docs/tuning.md). The pieces are Optuna's own: samplers (grid, random, TPE), pruners (median, successive halving),
+README.md, "Hyperparameter search"). The pieces are Optuna's own: samplers (grid, random, TPE), pruners (median, successive halving),
 `RDBStorage` on a SQLite file with heartbeats (interrupted trials are failed and retried), `MaxTrialsCallback`
 (the trial budget is the study's, shared by every worker) and the parameter-importance evaluator.
 """

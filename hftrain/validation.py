@@ -3,7 +3,7 @@
 Every function raises `ConfigError` (arguments, tokenizer, output directory) or `DataError` (datasets) naming the
 field, the value and what is allowed, and writes nothing. They take plain values, so recipes, trainers and other
 hftrain modules (the metrics module, the curriculum) can call them without building a trainer. The catalogue with
-fixes is in docs/monitor.md ("Troubleshooting").
+fixes is in README.md ("Troubleshooting: the bad-input catalogue").
 """
 
 from __future__ import annotations

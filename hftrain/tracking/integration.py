@@ -6,7 +6,7 @@ starts: from hftrain's tracker fields when `args` has them, else from `HFTRAIN_T
 hftrain's trainers import this module (so the name is known before `Trainer.__init__` checks it) and replace the
 registered instance with their own configured callback, so a run is never recorded twice.
 
-Limits (transformers', see docs/tracker.md): `report_to="all"` does not include it, and `--report_to` on the
+Limits (transformers', see README.md, "Experiment tracker"): `report_to="all"` does not include it, and `--report_to` on the
 command line takes one name (lists only from YAML).
 """
 
