@@ -52,31 +52,13 @@ def collate(tokenizer):
     return fn
 
 
-def exact_match(model, tokenizer, prompts, answers, batch_size=100) -> float:
-    """Share of held-out prompts whose greedy continuation (up to EOS) equals the answer."""
-    import torch
-
-    tokenizer.padding_side = "left"
-    was_training, hits = model.training, 0
-    model.eval()
-    with torch.no_grad():
-        for lo in range(0, len(prompts), batch_size):
-            enc = tokenizer(prompts[lo : lo + batch_size], return_tensors="pt", padding=True).to(model.device)
-            out = model.generate(**enc, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                                 eos_token_id=tokenizer.eos_token_id)
-            texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-            hits += sum(t.strip() == a for t, a in zip(texts, answers[lo : lo + batch_size]))
-    model.train(was_training)
-    tokenizer.padding_side = "right"
-    return hits / len(prompts)
-
-
 def run(opts, seed, curriculum):
     """Steps to reach the target (or None), plus the wall time of the run."""
     from transformers import TrainerCallback
 
     from hftrain import Trainer, TrainingArguments
     from hftrain.builtin import build_tiny_causal_lm, build_tokenizer
+    from hftrain.recipe_utils import greedy_exact_match
 
     tokenizer = build_tokenizer()
     train, prompts, answers = build_data(tokenizer, opts.train_size, opts.eval_size)
@@ -87,7 +69,8 @@ def run(opts, seed, curriculum):
     class StopAtTarget(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step % opts.eval_every == 0:
-                score = exact_match(kwargs["model"], tokenizer, prompts, answers)
+                score = greedy_exact_match(kwargs["model"], tokenizer, prompts, answers, batch_size=100,
+                                           max_new_tokens=5)
                 if opts.verbose:
                     print(f"  step {state.global_step}: exact match {score:.3f}", flush=True)
                 if score >= opts.target:

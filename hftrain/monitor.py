@@ -204,18 +204,14 @@ class MonitorCallback(TrainerCallback):
         if bad:
             return [("nonfinite", s.monitor_nonfinite_action, f"non-finite {' and '.join(bad)}")]
         findings = []
-        if grad_norm is not None:
-            z = self.grad_norms.exceeds(grad_norm, s.monitor_spike_threshold)
+        for kind, action, label, value, window in (
+            ("grad_explosion", s.monitor_grad_explosion_action, "gradient norm", grad_norm, self.grad_norms),
+            ("loss_spike", s.monitor_loss_spike_action, "loss", step_loss, self.losses),
+        ):
+            z = None if value is None else window.exceeds(value, s.monitor_spike_threshold)
             if z is not None:
-                findings.append(("grad_explosion", s.monitor_grad_explosion_action,
-                                 f"gradient norm {grad_norm:.4g} is {z:.1f} robust sigmas above the running median "
-                                 f"{self.grad_norms.median():.4g}"))
-        if step_loss is not None:
-            z = self.losses.exceeds(step_loss, s.monitor_spike_threshold)
-            if z is not None:
-                findings.append(("loss_spike", s.monitor_loss_spike_action,
-                                 f"loss {step_loss:.4g} is {z:.1f} robust sigmas above the running median "
-                                 f"{self.losses.median():.4g}"))
+                findings.append((kind, action, f"{label} {value:.4g} is {z:.1f} robust sigmas above the running "
+                                               f"median {window.median():.4g}"))
         return findings
 
     def _act(self, action: str, kind: str, optimizer: Any, args, state, step: int, metrics: dict) -> None:

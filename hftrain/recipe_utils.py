@@ -191,19 +191,11 @@ def find_resume_checkpoint(training_args, model=None) -> Optional[str]:
     """The checkpoint to resume from: `resume_from_checkpoint` when set (it must be complete), else the newest
     complete `checkpoint-N` in `output_dir` when `auto_resume` is on, else None. A checkpoint written with other
     arguments (batch layout, seeds, model shape) is refused with the differences named, before anything runs."""
-    from .resilience import checkpoint_problem, saved_signature
-    from .validation import run_signature, signature_differences, validate_output_dir
+    from .resilience import checked_checkpoint
+    from .validation import validate_output_dir
 
-    explicit = training_args.resume_from_checkpoint
-    if explicit:
-        problem = checkpoint_problem(explicit)
-        if problem is not None:
-            raise HFTrainError(f"resume_from_checkpoint: {explicit} cannot be resumed from: {problem}")
-        differences = signature_differences(saved_signature(explicit), run_signature(training_args, model))
-        if differences:
-            raise HFTrainError(f"resume_from_checkpoint: {explicit} belongs to a run with other arguments "
-                               f"({'; '.join(differences)})")
-        return explicit
+    if training_args.resume_from_checkpoint:
+        return checked_checkpoint(training_args, model, training_args.resume_from_checkpoint)
     if not getattr(training_args, "auto_resume", True):
         return None
     return validate_output_dir(training_args.output_dir, training_args, model)

@@ -269,11 +269,17 @@ def _resilience(trainer: Any) -> Optional[ResilienceCallback]:
 
 
 def resolve_resume(trainer: Any, resume_from_checkpoint: Any) -> Any:
+    """`resume_from_checkpoint` made safe for `trainer` (see `checked_checkpoint`)."""
+    return checked_checkpoint(trainer.args, trainer.model, resume_from_checkpoint)
+
+
+def checked_checkpoint(args: Any, model: Any, resume_from_checkpoint: Any) -> Any:
     """`resume_from_checkpoint` made safe: True means the newest *complete* checkpoint, a given path must be
-    complete, and a checkpoint written with other batch layout, seeds or model shape is refused (naming them)."""
+    complete, and a checkpoint written with other batch layout, seeds or model shape is refused (naming them).
+    Takes arguments and model, not a trainer, so recipes can check before anything is built or written."""
     if resume_from_checkpoint is None or resume_from_checkpoint is False:
         return resume_from_checkpoint
-    output_dir = trainer.args.output_dir
+    output_dir = args.output_dir
     if resume_from_checkpoint is True:
         checkpoint = last_valid_checkpoint(output_dir)
         if checkpoint is None:
@@ -285,7 +291,7 @@ def resolve_resume(trainer: Any, resume_from_checkpoint: Any) -> Any:
             fallback = last_valid_checkpoint(os.path.dirname(os.path.normpath(checkpoint)))
             hint = f"; the newest complete one is {fallback}" if fallback else ""
             raise ConfigError(f"resume_from_checkpoint: {checkpoint} is incomplete ({problem}){hint}")
-    differences = signature_differences(saved_signature(checkpoint), run_signature(trainer.args, trainer.model))
+    differences = signature_differences(saved_signature(checkpoint), run_signature(args, model))
     if differences:
         raise ConfigError(f"resume_from_checkpoint: {checkpoint} belongs to a run with other arguments "
                           f"({'; '.join(differences)}); resume with the same arguments or use another output_dir")

@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from typing import Optional
 
-from hftrain import HFTrainParser, ModelArguments, ScriptArguments
+from hftrain import ModelArguments, ScriptArguments
 from hftrain.diffusion import DiffusionConfig, DiffusionTrainer, UNetArguments
 from hftrain.diffusion.builtin import DigitQuality, build_digits_unet, digits_dataset
 from hftrain.errors import ConfigError, ModelLoadError
@@ -33,6 +32,7 @@ from hftrain.recipe_utils import (
     find_resume_checkpoint,
     is_main_process,
     load_dataset_splits,
+    parse_recipe_args,
     push_if_asked,
     run_main,
     start_run,
@@ -41,13 +41,9 @@ from hftrain.recipe_utils import (
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "diffusion_default.yaml")
 
 
-def parse_args(argv: Optional[list[str]]):
+def parse_args(argv: Optional[list[str]] = None):
     """Script, diffusion, UNet and model arguments; with no `--config`, the bundled default config is the base."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not any(a == "--config" or a.startswith("--config=") for a in argv):
-        argv = ["--config", DEFAULT_CONFIG, *argv]
-    parser = HFTrainParser((ScriptArguments, DiffusionConfig, UNetArguments, ModelArguments))
-    return parser.parse_args_and_config(argv)
+    return parse_recipe_args(argv, (ScriptArguments, DiffusionConfig, UNetArguments, ModelArguments), DEFAULT_CONFIG)
 
 
 def load_unet(model_args, unet_args, training_args):

@@ -67,11 +67,16 @@ def starting_model_path(model_args, dpo_args) -> Optional[str]:
     return path if has_weights and os.path.isfile(os.path.join(path, "config.json")) else None
 
 
+def parse_args(argv: Optional[list[str]] = None):
+    """The recipe's arguments (also what `hftrain tune` checks searched fields against); with no `--config`, the
+    bundled default config is the base."""
+    return parse_recipe_args(argv, (ScriptArguments, DPOConfig, ModelArguments, DPOScriptArguments), DEFAULT_CONFIG)
+
+
 def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
     """Run the recipe; `callbacks` (e.g. `hftrain tune`'s per-trial pruning callback) are added to the trainer."""
     # 1. Arguments: YAML, then command-line overrides; bad keys, types or hardware fail here, before any writing.
-    script_args, training_args, model_args, dpo_args = parse_recipe_args(
-        argv, (ScriptArguments, DPOConfig, ModelArguments, DPOScriptArguments), DEFAULT_CONFIG)
+    script_args, training_args, model_args, dpo_args = parse_args(argv)
     push_target = start_run(training_args, model_args)
 
     # 2. Data: the bundled arithmetic preferences, or any dataset with prompt/chosen/rejected columns.

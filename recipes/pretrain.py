@@ -91,11 +91,16 @@ def group_texts(dataset, tokenizer, column: str, block_size: int):
     return tokens.map(chunk, batched=True, batch_size=1000, remove_columns=tokens.column_names)
 
 
+def parse_args(argv: Optional[list[str]] = None):
+    """The recipe's arguments (also what `hftrain tune` checks searched fields against); with no `--config`, the
+    bundled default config is the base."""
+    return parse_recipe_args(argv, (ScriptArguments, TrainingArguments, ModelArguments, PretrainArguments), DEFAULT_CONFIG)
+
+
 def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
     """Run the recipe; `callbacks` (e.g. `hftrain tune`'s per-trial pruning callback) are added to the trainer."""
     # 1. Arguments: YAML, then command-line overrides; bad keys, types or hardware fail here, before any writing.
-    script_args, training_args, model_args, pretrain_args = parse_recipe_args(
-        argv, (ScriptArguments, TrainingArguments, ModelArguments, PretrainArguments), DEFAULT_CONFIG)
+    script_args, training_args, model_args, pretrain_args = parse_args(argv)
     push_target = start_run(training_args, model_args)
 
     # 2. Data: the standard library's docstrings, or any dataset with a text column.

@@ -87,11 +87,16 @@ def show_examples(trainer, eval_dataset, count: int = 3) -> None:
         print(f"[hftrain] {source!r} -> {generated.strip()!r} (reference {target!r})")
 
 
+def parse_args(argv: Optional[list[str]] = None):
+    """The recipe's arguments (also what `hftrain tune` checks searched fields against); with no `--config`, the
+    bundled default config is the base."""
+    return parse_recipe_args(argv, (ScriptArguments, Seq2SeqTrainingArguments, ModelArguments, Seq2SeqDataArguments), DEFAULT_CONFIG)
+
+
 def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
     """Run the recipe; `callbacks` (e.g. `hftrain tune`'s per-trial pruning callback) are added to the trainer."""
     # 1. Arguments: YAML, then command-line overrides; bad keys, types or hardware fail here, before any writing.
-    script_args, training_args, model_args, data_args = parse_recipe_args(
-        argv, (ScriptArguments, Seq2SeqTrainingArguments, ModelArguments, Seq2SeqDataArguments), DEFAULT_CONFIG)
+    script_args, training_args, model_args, data_args = parse_args(argv)
     push_target = start_run(training_args, model_args)
 
     # 2. Data: the bundled number-spelling pairs, or any dataset with a source and a target column.

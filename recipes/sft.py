@@ -19,10 +19,9 @@ complete checkpoint in `output_dir` unless `--auto_resume false` is given.
 from __future__ import annotations
 
 import os
-import sys
 from typing import Optional
 
-from hftrain import HFTrainParser, ModelArguments, ScriptArguments, SFTConfig, SFTTrainer
+from hftrain import ModelArguments, ScriptArguments, SFTConfig, SFTTrainer
 from hftrain.builtin import arithmetic_splits
 from hftrain.recipe_utils import (
     SFT_FORMATS,
@@ -35,6 +34,7 @@ from hftrain.recipe_utils import (
     load_causal_lm,
     load_dataset_splits,
     load_tokenizer,
+    parse_recipe_args,
     require_columns,
     run_main,
     start_run,
@@ -43,13 +43,9 @@ from hftrain.recipe_utils import (
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "sft_default.yaml")
 
 
-def parse_args(argv: Optional[list[str]]):
+def parse_args(argv: Optional[list[str]] = None):
     """Script, training and model arguments; with no `--config`, the bundled default config is the base."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not any(a == "--config" or a.startswith("--config=") for a in argv):
-        argv = ["--config", DEFAULT_CONFIG, *argv]
-    parser = HFTrainParser((ScriptArguments, SFTConfig, ModelArguments))
-    return parser.parse_args_and_config(argv)
+    return parse_recipe_args(argv, (ScriptArguments, SFTConfig, ModelArguments), DEFAULT_CONFIG)
 
 
 def prompts_and_answers(dataset, tokenizer, columns):

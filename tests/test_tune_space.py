@@ -61,11 +61,13 @@ def test_cli_rejects_bad_space_in_one_line_before_any_work(tmp_path, capsys):
     assert not storage.exists() and not (tmp_path / "t").exists()
 
 
-def test_cli_rejects_field_the_recipe_does_not_have(tmp_path, capsys):
+@pytest.mark.parametrize("recipe", ["sft", "dpo", "seq2seq", "pretrain"])
+def test_cli_rejects_field_the_recipe_does_not_have(tmp_path, capsys, recipe):
     space = tmp_path / "space.yaml"
     space.write_text("params:\n  learning_rte: {type: loguniform, low: 1.0e-4, high: 1.0e-2}\n")
     storage = tmp_path / "studies.db"
-    rc = tune_main([RECIPE, "--search_space", str(space), "--storage", str(storage), "--tune_dir", str(tmp_path / "t")])
+    path = os.path.join(os.path.dirname(RECIPE), f"{recipe}.py")
+    rc = tune_main([path, "--search_space", str(space), "--storage", str(storage), "--tune_dir", str(tmp_path / "t")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "learning_rte" in err[0]
     assert not storage.exists()
