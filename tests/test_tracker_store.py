@@ -14,7 +14,7 @@ import pytest
 
 from hftrain.cli import main as cli
 from hftrain.errors import TrackerError
-from hftrain.tracking.store import TrackerStore
+from hftrain.tracking.store import SCHEMA_VERSION, TrackerStore
 
 
 def _sha(path):
@@ -62,6 +62,90 @@ def test_running_run_without_heartbeat_reads_as_crashed(tmp_path):
         assert store.resolve(str(stale))["status"] == "running"
 
 
+def _row_points(store, run, key):
+    return [(step, value) for step, value, _, _ in store.curve(run, key)]
+
+
+def test_packed_curves_read_exactly_like_rows_through_every_change(tmp_path):
+    """Packed chunks are a read copy: after packing, rewriting a packed step (from this or another connection),
+    a resume and more logging, every curve still reads point for point like its rows (NaN as None included)."""
+    path = str(tmp_path / "runs.db")
+    with TrackerStore(path) as store:
+        run, other = store.create_run("e", "run"), store.create_run("e", "other")
+
+        def log(steps):
+            for step in steps:
+                loss = float("nan") if step % 37 == 0 else 1.0 / step
+                store.log_metrics(run, step, {"loss": loss, "acc": step / 1000}, epoch=step / 100)
+                store.log_metrics(other, step, {"loss": 2.0 / step})
+
+        def check():
+            for key in ("loss", "acc"):
+                assert store.curve_points(run, key) == _row_points(store, run, key)
+            assert store.curve_points(other, "loss") == _row_points(store, other, "loss")
+
+        def chunks():
+            return store.conn.execute(
+                "SELECT COUNT(*) FROM metric_chunks WHERE run_id = ?", (run,)).fetchone()[0]
+
+        log(range(1, 301))
+        assert store.pack_curves(run, below_step=200) == 2 * 199 and chunks() == 2
+        check()
+        assert store.curve_points(run, "loss")[36] == (37, None)  # NaN survives packing as a gap
+        assert store.pack_curves(run, below_step=250, min_points=100) == 0  # too few new points: left as rows
+        store.log_metrics(run, 150, {"loss": 42.0})  # a packed step rewritten: its chunks go, the rows answer
+        assert chunks() == 0 and dict(store.curve_points(run, "loss"))[150] == 42.0
+        check()
+        assert store.pack_curves(run) == 2 * 300 and chunks() == 2
+        with TrackerStore(path) as second:  # another connection knows nothing of this one's caches
+            second.log_metrics(run, 10, {"acc": -1.0})
+        assert dict(store.curve_points(run, "acc"))[10] == -1.0
+        check()
+        store.pack_curves(run, below_step=280)
+        store.resume_run(run, 120)  # chunks past the checkpoint go with the rows they copied
+        assert store.curve_points(run, "loss")[-1][0] == 120
+        check()
+        log(range(121, 161))
+        store.pack_curves(run)
+        check()
+        assert store.summary(run)["loss"]["min_value"] == min(v for _, v in _row_points(store, run, "loss")
+                                                              if v is not None)
+        store.delete_runs([run])
+        assert chunks() == 0
+        assert store.curve_points(other, "loss") == _row_points(store, other, "loss")
+
+
+def test_version_1_database_is_upgraded_in_place(tmp_path):
+    """A database written by the first schema (metrics clustered by key, no chunks) opens, upgrades once, keeps
+    every value and takes new writes."""
+    from hftrain.tracking.store import _MIGRATIONS
+
+    path = str(tmp_path / "old.db")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    for statement in _MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version=1")
+    conn.execute("INSERT INTO experiments VALUES(1, 'old', 0)")
+    conn.execute("INSERT INTO runs(id, uuid, experiment_id, name, status, start_time, heartbeat) "
+                 "VALUES(1, 'abcdef0123', 1, 'old-run', 'finished', 0, 0)")
+    conn.execute("INSERT INTO metric_keys VALUES(1, 'loss')")
+    conn.executemany("INSERT INTO metrics VALUES(1, 1, ?, ?, NULL, 0)", [(s, 1.0 / s) for s in range(1, 51)])
+    conn.execute("INSERT INTO metric_summary VALUES(1, 1, 50, 0.02, 0.02, 50, 1.0, 1)")
+    conn.close()
+    with TrackerStore(path) as store:
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        table = store.conn.execute("SELECT sql FROM sqlite_master WHERE name = 'metrics'").fetchone()[0]
+        assert "PRIMARY KEY(run_id, step, key_id)" in table
+        assert store.curve_points(1, "loss") == [(s, 1.0 / s) for s in range(1, 51)]
+        assert store.resolve("old-run")["last_step"] == 50
+        store.log_metrics(1, 51, {"loss": 0.01})
+        assert store.pack_curves(1) == 51 and store.curve_points(1, "loss")[-1] == (51, 0.01)
+        assert store.summary(1)["loss"]["min_step"] == 51
+    with TrackerStore(path) as again:  # opening it again changes nothing
+        assert again.curve_points(1, "loss")[:2] == [(1, 1.0), (2, 0.5)]
+
+
 def _writer(path, index, steps, start):
     start.wait()
     store = TrackerStore(path)
@@ -100,7 +184,7 @@ def test_eight_processes_write_one_new_database_at_once(tmp_path):
         total = store.conn.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
         assert total == 8 * steps * 10
         assert store.conn.execute("SELECT COUNT(*) FROM experiments").fetchone()[0] == 1
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
 
 
 def test_corrupt_or_foreign_file_is_a_clear_error_and_left_untouched(tmp_path, capsys):

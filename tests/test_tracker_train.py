@@ -3,8 +3,10 @@
 import hashlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -86,6 +88,82 @@ def test_trainer_run_recorded_and_training_unchanged(tokenizer, lm_data, tmp_pat
             "samples": ["1+1=2", "2+2=5"], "note": "text"}
 
 
+def test_locked_database_never_holds_up_training(tokenizer, lm_data, tmp_path):
+    """Another job holds the database's write lock for 3 s from step 2: the steps after it run at full speed (the
+    tracker's writer thread waits, not the trainer), and at the end every step is recorded."""
+    db = os.environ["HFTRAIN_TRACKER_DB"]
+    ends = {}
+
+    class LockAtStep2(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            ends[state.global_step] = time.perf_counter()
+            if state.global_step == 2:
+                blocker = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+                blocker.execute("BEGIN IMMEDIATE")
+                threading.Timer(3.0, lambda: (blocker.execute("COMMIT"), blocker.close())).start()
+
+    trainer = _lm_trainer(tokenizer, lm_data, tmp_path / "out", max_steps=10, eval_strategy="no",
+                          tracker_system_interval=0)
+    trainer.add_callback(LockAtStep2())
+    start = time.perf_counter()
+    trainer.train()
+    assert ends[10] - ends[2] < 1.5, f"steps 3-10 took {ends[10] - ends[2]:.2f} s behind a locked database"
+    assert time.perf_counter() - start >= 3.0  # the end of training waited for the writer to record the rest
+    with TrackerStore(db) as store:
+        (run,) = store.runs()
+        assert run["status"] == "finished" and [p[0] for p in store.curve(run["id"], "loss")] == list(range(1, 11))
+
+
+def test_steps_are_committed_before_their_checkpoint_exists(tokenizer, lm_data, tmp_path, monkeypatch):
+    """With a slow database (each log takes 0.3 s to commit), a checkpoint is only written once every step up to
+    it is in the database, so a resume from it (which drops later steps) never leaves a hole."""
+    db = os.environ["HFTRAIN_TRACKER_DB"]
+    log_metrics = TrackerStore.log_metrics
+
+    def slow_log_metrics(self, *args, **kwargs):
+        time.sleep(0.3)
+        return log_metrics(self, *args, **kwargs)
+
+    monkeypatch.setattr(TrackerStore, "log_metrics", slow_log_metrics)
+    recorded_at_save = {}
+
+    class LookAtSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            assert (tmp_path / "out" / f"checkpoint-{state.global_step}").is_dir()
+            with TrackerStore(db) as reader:
+                (run,) = reader.runs()
+                recorded_at_save[state.global_step] = [p[0] for p in reader.curve_points(run["id"], "loss")]
+
+    trainer = _lm_trainer(tokenizer, lm_data, tmp_path / "out", max_steps=4, eval_strategy="no",
+                          save_strategy="steps", save_steps=2, tracker_system_interval=0)
+    trainer.callback_handler.callbacks.insert(0, LookAtSave())  # runs before the tracker's own on_save
+    trainer.train()
+    assert recorded_at_save == {2: [1, 2], 4: [1, 2, 3, 4]}
+
+
+def test_curves_are_packed_at_the_end_and_read_like_rows(tokenizer, lm_data, tmp_path):
+    db = os.environ["HFTRAIN_TRACKER_DB"]
+    trainer = _lm_trainer(tokenizer, lm_data, tmp_path / "out", max_steps=6, eval_strategy="no",
+                          tracker_system_interval=0)
+    trainer.train()
+    run_id = find_tracker(trainer).run_id
+
+    def same_as_rows(store):
+        keys = store.metric_keys([run_id])
+        for key in keys:
+            assert store.curve_points(run_id, key) == [(p[0], p[1]) for p in store.curve(run_id, key)], key
+        return keys
+
+    with TrackerStore(db) as store:
+        keys = same_as_rows(store)
+        chunks = store.conn.execute("SELECT COUNT(*) FROM metric_chunks WHERE run_id = ?", (run_id,)).fetchone()[0]
+        assert "loss" in keys and chunks == len(keys)  # one chunk per curve, written by on_train_end
+    metrics = trainer.evaluate()  # logs at the last step, which is packed: that stretch is dropped, rows answer
+    with TrackerStore(db) as store:
+        assert store.curve_points(run_id, "eval_loss") == [(6, metrics["eval_loss"])]
+        same_as_rows(store)
+
+
 def test_bad_database_fails_before_training(tokenizer, lm_data, tmp_path):
     bad = tmp_path / "notes.db"
     bad.write_text("my notes, not a database\n" * 10)
@@ -103,7 +181,8 @@ def test_database_failing_mid_run_never_stops_training(tokenizer, lm_data, tmp_p
     class BreakDatabase(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step == 2:  # the file's connection dies under the tracker, as on a lost disk
-                find_tracker(trainer)._store.conn.close()
+                tracker = find_tracker(trainer)  # (closed on the writer thread, the connection's user)
+                tracker._writer.submit("break", 2, tracker._store.conn.close)
 
     trainer = _lm_trainer(tokenizer, lm_data, tmp_path / "out", max_steps=4, eval_strategy="no",
                           tracker_system_interval=0)

@@ -1,8 +1,9 @@
 """`TrackerCallback`: records every run of any `transformers.Trainer` (and the diffusion loop) in the SQLite store.
 
-Only world rank 0 writes. One transaction per `on_log`. It reads from the trainer and never writes to it (except
-its own entry in `state.stateful_callbacks`, which is how a resumed run finds its run id), draws no random numbers
-and moves no tensors, so training is unchanged with it on.
+Only world rank 0 writes. One transaction per `on_log`, committed by the tracker's writer thread while training
+goes on (`writer.py`); the queue is drained before every checkpoint and at the end. It reads from the trainer and
+never writes to it (except its own entry in `state.stateful_callbacks`, which is how a resumed run finds its run
+id), draws no random numbers and moves no tensors, so training is unchanged with it on.
 """
 
 from __future__ import annotations
@@ -19,13 +20,17 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 from transformers.utils import logging
 
+from ..errors import TrackerError
 from . import lifecycle
 from .store import TrackerStore, default_db_path, flatten
 from .sysinfo import git_info, system_info
+from .writer import TrackerWriter
 
 __all__ = ["TrackerCallback", "find_tracker", "parse_tags"]
 
 logger = logging.get_logger(__name__)
+
+_PACK_EVERY_LOGS = 1000  # logs between packings of a live run's curves when no checkpoint comes sooner
 
 
 def parse_tags(text: Optional[str]) -> dict[str, str]:
@@ -72,7 +77,7 @@ class TrackerCallback(TrainerCallback, ExportableState):
         experiment: experiment name (default: `$HFTRAIN_EXPERIMENT` or `default`).
         tags: tags for every run this callback records.
         system_interval: seconds between `sys/` samples (throughput, memory, GPU use) and heartbeats; 0 turns
-            the sampler off (heartbeats then come with each log).
+            the sampler off (heartbeats then come with the logs).
         heartbeat_timeout: seconds without a heartbeat after which a running run reads as crashed.
         hash_max_mb: checkpoint files up to this size get a SHA-256 in the artifacts table.
         trainer_name: the trainer class, recorded with the run.
@@ -103,6 +108,8 @@ class TrackerCallback(TrainerCallback, ExportableState):
         self._live = False
         self._signalled: Optional[int] = None
         self._sampler: Optional[_Sampler] = None
+        self._writer: Optional[TrackerWriter] = None
+        self._logs_since_pack = 0
         self._last_step = 0
         self._write_failures = 0
         if validate:
@@ -133,7 +140,8 @@ class TrackerCallback(TrainerCallback, ExportableState):
     def log_event(self, kind: str, payload: Any = None, step: Optional[int] = None) -> None:
         """Record an event (e.g. an anomaly found by the monitor) in the current run; no-op off rank 0."""
         if self.run_id is not None and self._store is not None:
-            self._store.log_event(self.run_id, self._last_step if step is None else step, kind, payload)
+            step = self._last_step if step is None else step
+            self._write(kind, step, self._store.log_event, self.run_id, step, kind, payload)
 
     # -- events -----------------------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -148,6 +156,7 @@ class TrackerCallback(TrainerCallback, ExportableState):
         store = self._open()
         self._signalled = None
         self._last_step = state.global_step
+        self._logs_since_pack = 0
         saved_uuid = _saved_run_uuid(state) if state.global_step > 0 else None
         existing = store.run_by_uuid(saved_uuid) if saved_uuid else None
         if existing is not None:
@@ -159,6 +168,9 @@ class TrackerCallback(TrainerCallback, ExportableState):
             logger.info(f"hftrain tracker: run {self.run_uuid} in {self.db_path}")
         self._live = True
         lifecycle.register(self)
+        self._close_writer()  # (none is left running normally; never two threads on one connection)
+        self._writer = TrackerWriter(store, self._report_failure)
+        self._writer.start()
         if self.system_interval > 0:
             self._sampler = _Sampler(self, args, state)
             self._sampler.start()
@@ -216,37 +228,71 @@ class TrackerCallback(TrainerCallback, ExportableState):
             else:  # lists, strings, tables: kept whole as an event, not dropped
                 events.append(("log", {"key": key, "value": _jsonable(value)}))
         self._last_step = state.global_step
-        self._write("metrics", self._store.log_metrics, self.run_id, state.global_step, metrics, epoch=state.epoch,
-                    events=events)
+        self._write("metrics", state.global_step, self._store.log_metrics, self.run_id, state.global_step, metrics,
+                    epoch=state.epoch, events=events)
+        self._logs_since_pack += 1
+        if self._logs_since_pack >= _PACK_EVERY_LOGS:
+            self._pack(below_step=state.global_step)
+        if control is not None and control.should_save and self._writer is not None:
+            # a checkpoint is saved right after this log: its steps must be in the database before it exists, so
+            # that a resume from it (which drops what came later) finds every step up to it
+            self._writer.flush()
 
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero or self.run_id is None:
             return
+        if self._writer is not None:
+            self._writer.flush()  # checkpoints saved without a log just before (hftrain's SIGTERM stop, a user's)
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        if not os.path.isdir(folder):
-            return
-        self._write("checkpoint", lambda: self._store.log_artifacts(
-            self.run_id, self._artifact_rows(folder, "checkpoint", state.global_step)))
+        if os.path.isdir(folder):
+            step = state.global_step
+            self._write("checkpoint", step, lambda: self._store.log_artifacts(
+                self.run_id, self._artifact_rows(folder, "checkpoint", step)))
+        self._pack(below_step=state.global_step)
+
+    def _pack(self, below_step: Optional[int]) -> None:
+        """Queue the packing of every curve's new points (see `TrackerStore.pack_curves`), so a long curve reads
+        as a few blobs, live or finished. Below the current step while training: every later write is at this
+        step or after, so none lands behind a chunk. 256 points at least, so frequent checkpoints or logs do not
+        leave many tiny chunks; the end of training packs the rest."""
+        self._logs_since_pack = 0
+        self._write("packed curves", self._last_step, self._store.pack_curves, self.run_id, below_step=below_step,
+                    min_points=1 if below_step is None else 256)
 
     def log_artifact(self, path: str, kind: str = "file", step: Optional[int] = None) -> None:
         """Record a file, or every file under a folder, by path, size and SHA-256 in the current run (the files stay
         where they are); no-op off rank 0 or outside a run. The diffusion loop records its sample grids this way."""
         if self.run_id is None or self._store is None or not os.path.exists(path):
             return
-        self._write(kind, lambda: self._store.log_artifacts(
-            self.run_id, self._artifact_rows(path, kind, self._last_step if step is None else step)))
+        step = self._last_step if step is None else step
+        self._write(kind, step, lambda: self._store.log_artifacts(self.run_id, self._artifact_rows(path, kind, step)))
 
-    def _write(self, what: str, write, *args, **kwargs) -> None:
-        # A database that fails mid-run (disk full, file removed, I/O error) must never stop training: the store
-        # already retried a busy database; report the gap loudly and carry on.
+    def _write(self, what: str, step: int, write, *args, **kwargs) -> None:
+        """Queue a write to the writer thread while it runs (training); outside training, write now."""
+        writer = self._writer
+        if writer is not None and writer.is_alive():
+            writer.submit(what, step, write, *args, **kwargs)
+            return
         try:
             write(*args, **kwargs)
-        except sqlite3.Error as exc:
-            self._write_failures += 1
-            if self._write_failures == 1 or self._write_failures % 100 == 0:
-                logger.error(f"hftrain tracker: could not record {what} at step {self._last_step} in {self.db_path} "
-                             f"({type(exc).__name__}: {exc}); training goes on, the run record has a gap "
-                             f"({self._write_failures} failed write(s) so far)")
+        except (sqlite3.Error, TrackerError, OSError) as exc:
+            self._report_failure(what, step, exc)
+
+    def _report_failure(self, what: str, step: int, exc: BaseException) -> None:
+        # A database that fails mid-run (disk full, file removed, I/O error) must never stop training: the store
+        # already retried a busy database; report the gap loudly and carry on.
+        self._write_failures += 1
+        if self._write_failures == 1 or self._write_failures % 100 == 0:
+            logger.error(f"hftrain tracker: could not record {what} at step {step} in {self.db_path} "
+                         f"({type(exc).__name__}: {exc}); training goes on, the run record has a gap "
+                         f"({self._write_failures} failed write(s) so far)")
+
+    def _close_writer(self, timeout: Optional[float] = None) -> None:
+        """Drain the writer's queue and stop it; afterwards the main connection is this thread's again."""
+        writer, self._writer = self._writer, None
+        if writer is not None and not writer.close(timeout):
+            logger.warning(f"hftrain tracker: {self.db_path} still busy after {timeout} s; "
+                           "the last queued values of this run may be missing")
 
     def _artifact_rows(self, path: str, kind: str, step: Optional[int]) -> list:
         limit = self.hash_max_mb * 1024 * 1024
@@ -269,6 +315,8 @@ class TrackerCallback(TrainerCallback, ExportableState):
         if not state.is_world_process_zero or not self._live:
             return
         self._stop_sampler(final=True)
+        self._pack(below_step=None)
+        self._close_writer()
         status = "killed" if self._signalled is not None else "finished"
         error = f"signal {self._signalled}" if self._signalled is not None else None
         try:
@@ -292,6 +340,7 @@ class TrackerCallback(TrainerCallback, ExportableState):
         self._live = False
         lifecycle.unregister(self)
         self._stop_sampler(final=False)
+        self._close_writer(timeout=5.0)  # may run in a signal handler or at exit: what is queued, within reason
         if self._signalled is not None:
             status, error = "killed", f"signal {self._signalled}; then {error}"
         try:
@@ -342,10 +391,10 @@ def _sha256(path: str) -> str:
 
 
 class _Sampler(threading.Thread):
-    """Every `system_interval` seconds: throughput, memory and GPU use as `sys/` series, plus a heartbeat.
+    """Every `system_interval` seconds: throughput, memory and GPU use as `sys/` series (whose write is the heartbeat).
 
-    Runs on its own connection in a daemon thread and only reads counters the trainer already keeps, so training
-    never waits for it.
+    A daemon thread that only reads counters the trainer already keeps and queues its sample to the writer thread,
+    so training never waits for it.
     """
 
     def __init__(self, tracker: TrackerCallback, args, state):
@@ -358,21 +407,17 @@ class _Sampler(threading.Thread):
         self._last = (time.perf_counter(), state.global_step, state.num_input_tokens_seen or 0)
 
     def run(self) -> None:
-        store = TrackerStore(self.tracker.db_path)
-        try:
-            while not self._stop_event.wait(self.interval):
-                self.sample(store)
-        finally:
-            store.close()
+        while not self._stop_event.wait(self.interval):
+            self.sample()
 
     def stop(self, final: bool) -> None:
         self._stop_event.set()
         if threading.current_thread() is not self:
             self.join(timeout=10)
         if final and self.tracker._store is not None:
-            self.sample(self.tracker._store)
+            self.sample()
 
-    def sample(self, store: TrackerStore) -> None:
+    def sample(self) -> None:
         """Write one `sys/` sample at the current step."""
         now, step, tokens = time.perf_counter(), self.state.global_step, self.state.num_input_tokens_seen or 0
         then, step0, tokens0 = self._last
@@ -388,10 +433,9 @@ class _Sampler(threading.Thread):
         if rss is not None:
             values["sys/cpu_rss_mb"] = rss / 2**20
         values.update(_gpu_values())
-        try:
-            store.log_metrics(self.tracker.run_id, step, values)
-        except Exception as exc:  # a sample is never worth failing training for
-            logger.warning(f"hftrain tracker: system sample skipped: {exc}")
+        store = self.tracker._store
+        if store is not None and self.tracker.run_id is not None:
+            self.tracker._write("system sample", step, store.log_metrics, self.tracker.run_id, step, values)
 
 
 def _rss_bytes() -> Optional[int]:

@@ -13,21 +13,27 @@ import math
 import os
 import random
 import sqlite3
+import sys
 import time
 import uuid as uuidlib
+from array import array
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Optional
 
 from ..errors import TrackerError
 
 __all__ = ["SCHEMA_VERSION", "STATUSES", "TrackerStore", "default_db_path", "flatten"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATUSES = ("running", "finished", "failed", "killed", "crashed", "pruned")  # pruned: an HPO trial stopped early
 _MARKER = "hftrain-tracker"
+_NAN = float("nan")
+_BIG_ENDIAN = sys.byteorder == "big"  # chunks are little-endian on disk, so a database file moves between machines
 
-# Each entry takes the schema from version i to i+1. DDL is idempotent (IF NOT EXISTS) and runs under BEGIN
-# IMMEDIATE, so several processes opening a new file at once apply it exactly once.
+# Each entry takes the schema from version i to i+1. It runs under BEGIN IMMEDIATE after re-reading the version
+# inside that transaction, so several processes opening a file at once apply each step exactly once (and a crash
+# mid-way rolls it back); the DDL is idempotent besides.
 _MIGRATIONS: list[list[str]] = [
     [
         "CREATE TABLE IF NOT EXISTS hftrain_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -59,6 +65,26 @@ _MIGRATIONS: list[list[str]] = [
         "CREATE INDEX IF NOT EXISTS events_by_run ON events(run_id, step)",
         f"INSERT OR IGNORE INTO hftrain_meta(key, value) VALUES('schema', '{_MARKER}')",
     ],
+    [
+        # Metrics clustered on (run, step, key) instead of (run, key, step): the values of one log sit side by side,
+        # so a commit writes one or two B-tree pages instead of one per key (measured: 44 vs 110 us per 10-key
+        # step). Long curves are read from the packed chunks below, so the per-curve order is no longer needed.
+        "DROP TABLE IF EXISTS metrics_by_step",
+        "CREATE TABLE metrics_by_step(run_id INTEGER NOT NULL, key_id INTEGER NOT NULL, step INTEGER NOT NULL, "
+        "value REAL, epoch REAL, wall_time REAL NOT NULL, PRIMARY KEY(run_id, step, key_id)) WITHOUT ROWID",
+        "INSERT INTO metrics_by_step(run_id, key_id, step, value, epoch, wall_time) "
+        "SELECT run_id, key_id, step, value, epoch, wall_time FROM metrics",
+        "DROP TABLE metrics",
+        "ALTER TABLE metrics_by_step RENAME TO metrics",
+        # Packed copies of curve prefixes (little-endian int64 steps and float64 values, NaN for NaN), so a long
+        # curve reads as a few blobs instead of one SQLite row and one Python tuple per point. The metrics rows
+        # stay the source of truth: a chunk only ever covers steps that are also rows, and every write that
+        # changes a covered step deletes the chunks from that step on (see `_invalidate_chunks`).
+        "CREATE TABLE IF NOT EXISTS metric_chunks(run_id INTEGER NOT NULL, key_id INTEGER NOT NULL, "
+        "first_step INTEGER NOT NULL, last_step INTEGER NOT NULL, points INTEGER NOT NULL, has_nan INTEGER NOT NULL, "
+        "steps BLOB NOT NULL, vals BLOB NOT NULL)",
+        "CREATE UNIQUE INDEX IF NOT EXISTS metric_chunks_by_curve ON metric_chunks(run_id, key_id, first_step)",
+    ],
 ]
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
@@ -68,25 +94,13 @@ _STATUS_SQL = (
     "ELSE r.status END"
 )
 
-_SUMMARY_UPSERT = (
-    "INSERT INTO metric_summary(run_id, key_id, last_step, last_value, min_value, min_step, max_value, max_step) "
-    "VALUES(?1, ?2, ?3, ?4, ?4, CASE WHEN ?4 IS NULL THEN NULL ELSE ?3 END, ?4, "
-    "CASE WHEN ?4 IS NULL THEN NULL ELSE ?3 END) "
-    "ON CONFLICT(run_id, key_id) DO UPDATE SET "
-    "last_value = CASE WHEN excluded.last_step >= last_step THEN excluded.last_value ELSE last_value END, "
-    "last_step = MAX(last_step, excluded.last_step), "
-    "min_step = CASE WHEN excluded.min_value < min_value OR (min_value IS NULL AND excluded.min_value IS NOT NULL) "
-    "THEN excluded.min_step ELSE min_step END, "
-    "min_value = CASE WHEN excluded.min_value < min_value OR min_value IS NULL "
-    "THEN COALESCE(excluded.min_value, min_value) ELSE min_value END, "
-    "max_step = CASE WHEN excluded.max_value > max_value OR (max_value IS NULL AND excluded.max_value IS NOT NULL) "
-    "THEN excluded.max_step ELSE max_step END, "
-    "max_value = CASE WHEN excluded.max_value > max_value OR max_value IS NULL "
-    "THEN COALESCE(excluded.max_value, max_value) ELSE max_value END"
+_SUMMARY_REPLACE = (
+    "INSERT OR REPLACE INTO metric_summary(run_id, key_id, last_step, last_value, min_value, min_step, max_value, "
+    "max_step) VALUES(?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _METRIC_UPSERT = (
     "INSERT INTO metrics(run_id, key_id, step, value, epoch, wall_time) VALUES(?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT(run_id, key_id, step) DO UPDATE SET value = excluded.value, epoch = excluded.epoch, "
+    "ON CONFLICT(run_id, step, key_id) DO UPDATE SET value = excluded.value, epoch = excluded.epoch, "
     "wall_time = excluded.wall_time"
 )
 
@@ -131,6 +145,33 @@ def _param_text(value: Any) -> tuple[Optional[str], Optional[float]]:
         return str(value), None
 
 
+@dataclass
+class _RunCache:
+    """What a writing connection keeps about one run (see `TrackerStore._run_cache`)."""
+
+    heartbeat_every: float
+    heartbeat_at: float = 0.0
+    packed_upto: int = -1  # the last step any chunk of the run covers (-1: none)
+    summaries: dict[int, tuple] = field(default_factory=dict)  # key id -> last_step, last_value, min.., max..
+
+
+def _fold(summary: Optional[tuple], step: int, value: Optional[float]) -> tuple:
+    """A curve's summary `(last_step, last_value, min_value, min_step, max_value, max_step)` with one more point
+    (value None is NaN: it can be the last value, never the min or max)."""
+    if summary is None:
+        at = None if value is None else step
+        return step, value, value, at, value, at
+    last_step, last_value, min_value, min_step, max_value, max_step = summary
+    if step >= last_step:
+        last_step, last_value = step, value
+    if value is not None:
+        if min_value is None or value < min_value:
+            min_value, min_step = value, step
+        if max_value is None or value > max_value:
+            max_value, max_step = value, step
+    return last_step, last_value, min_value, min_step, max_value, max_step
+
+
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     text = str(exc).lower()
     return "locked" in text or "busy" in text
@@ -147,6 +188,7 @@ class TrackerStore:
         self.path = os.path.abspath(os.path.expanduser(path or default_db_path()))
         self.timeout = timeout
         self._key_ids: dict[str, int] = {}
+        self._runs: dict[int, _RunCache] = {}
         self._check_file(create)
         try:
             self.conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
@@ -251,7 +293,9 @@ class TrackerStore:
         try:
             yield self.conn
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            self._runs.clear()  # a rolled-back write may have moved this connection's copies ahead of the file
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
             raise
         else:
             self.conn.execute("COMMIT")
@@ -356,22 +400,108 @@ class TrackerStore:
         events: Optional[Iterable[tuple[str, Any]]] = None,
     ) -> None:
         """Record one log event in one transaction: the values at `step` (re-logging a step replaces it), the
-        summary, any `(kind, payload)` events, and the run's heartbeat."""
+        summary, any `(kind, payload)` events, and the run's heartbeat.
+
+        The summary is computed from this connection's copy of it (read once per run), so a log costs one plain
+        row write per key instead of an upsert that compares in SQL; a run is written by one connection at a time
+        (its trainer's), every other connection only reads it. The heartbeat is written at most every
+        `heartbeat_timeout / 20` seconds (at most every second): often enough that a live run never reads as
+        crashed, rarely enough that most logs touch only the metrics and summary pages."""
         now = time.time() if wall_time is None else wall_time
         with self.transaction() as conn:
+            cache = self._run_cache(run_id)
+            if step <= cache.packed_upto:
+                self._invalidate_chunks(run_id, step, cache)
             key_id = self._key_id
             rows = [(run_id, key_id(k), step, v, epoch, now) for k, v in metrics.items()]
             conn.executemany(_METRIC_UPSERT, rows)
-            conn.executemany(_SUMMARY_UPSERT, [(r[0], r[1], step, r[3]) for r in rows])
+            summaries = cache.summaries
+            updated = [(kid, _fold(summaries.get(kid), step, value)) for _, kid, _, value, _, _ in rows]
+            conn.executemany(_SUMMARY_REPLACE, [(run_id, kid, *new) for kid, new in updated])
             if events:
                 conn.executemany(
                     "INSERT INTO events(run_id, step, kind, payload, wall_time) VALUES(?, ?, ?, ?, ?)",
                     [(run_id, step, kind, json.dumps(p, default=str), now) for kind, p in events],
                 )
-            conn.execute(
-                "UPDATE runs SET heartbeat = ?, last_step = MAX(COALESCE(last_step, ?), ?) WHERE id = ?",
-                (now, step, step, run_id),
-            )
+            beat = now - cache.heartbeat_at >= cache.heartbeat_every
+            if beat:
+                conn.execute("UPDATE runs SET heartbeat = ? WHERE id = ?", (now, run_id))
+        # committed: only now does this connection's copy of the summary move on
+        summaries.update(updated)
+        if beat:
+            cache.heartbeat_at = now
+
+    def _run_cache(self, run_id: int) -> "_RunCache":
+        """This connection's copy of what writing a run needs: its summary, heartbeat timeout and how far its
+        curves are packed; read once per run (inside the caller's transaction)."""
+        cache = self._runs.get(run_id)
+        if cache is None:
+            row = self.conn.execute("SELECT heartbeat_timeout FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise TrackerError(f"tracker database {self.path}: no run with id {run_id}")
+            cache = _RunCache(heartbeat_every=min(1.0, float(row[0]) / 20))
+            for kid, *summary in self.conn.execute(
+                "SELECT key_id, last_step, last_value, min_value, min_step, max_value, max_step FROM metric_summary "
+                "WHERE run_id = ?", (run_id,)
+            ):
+                cache.summaries[kid] = tuple(summary)
+            packed = self.conn.execute("SELECT MAX(last_step) FROM metric_chunks WHERE run_id = ?", (run_id,))
+            cache.packed_upto = packed.fetchone()[0]
+            if cache.packed_upto is None:
+                cache.packed_upto = -1
+            self._runs[run_id] = cache
+        return cache
+
+    def _invalidate_chunks(self, run_id: int, step: int, cache: "_RunCache") -> None:
+        """A write at `step` changes a packed stretch: drop every chunk that reaches `step` (so what is left of each
+        curve's chunks is still a prefix, and the rows from there on are read as rows)."""
+        self.conn.execute("DELETE FROM metric_chunks WHERE run_id = ? AND last_step >= ?", (run_id, step))
+        packed = self.conn.execute("SELECT MAX(last_step) FROM metric_chunks WHERE run_id = ?", (run_id,)).fetchone()
+        cache.packed_upto = -1 if packed[0] is None else packed[0]
+
+    def pack_curves(self, run_id: int, below_step: Optional[int] = None, min_points: int = 1) -> int:
+        """Copy each curve's rows that no chunk covers yet (those before `below_step`, or all) into one packed chunk
+        per curve, skipping curves with fewer than `min_points` new points; returns the points packed.
+
+        The trainer's tracker calls this at each checkpoint (below the current step, so a value still logged at
+        that step later is never behind a chunk) and once at the end of training (everything)."""
+        packed_points = 0
+        with self.transaction() as conn:
+            cache = self._run_cache(run_id)
+            after = dict(conn.execute(
+                "SELECT s.key_id, COALESCE((SELECT MAX(c.last_step) FROM metric_chunks c WHERE c.run_id = s.run_id "
+                "AND c.key_id = s.key_id), -1) FROM metric_summary s WHERE s.run_id = ?",
+                (run_id,),
+            ).fetchall())
+            if not after:
+                return 0
+            limit = (1 << 62) if below_step is None else int(below_step)
+            new: dict[int, list] = {key_id: [] for key_id in after}
+            for key_id, step, value in conn.execute(  # one pass over the run's rows after its least-packed curve
+                "SELECT key_id, step, value FROM metrics WHERE run_id = ? AND step > ? AND step < ? ORDER BY step",
+                (run_id, min(after.values()), limit),
+            ):
+                if step > after.get(key_id, limit):
+                    new[key_id].append((step, value))
+            last_packed = -1
+            for key_id, rows in new.items():
+                if not rows or len(rows) < min_points:
+                    continue
+                steps = array("q", [r[0] for r in rows])
+                values = array("d", [_NAN if r[1] is None else r[1] for r in rows])
+                if _BIG_ENDIAN:
+                    steps.byteswap()
+                    values.byteswap()
+                conn.execute(
+                    "INSERT INTO metric_chunks(run_id, key_id, first_step, last_step, points, has_nan, steps, vals) "
+                    "VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
+                    (run_id, key_id, rows[0][0], rows[-1][0], len(rows), int(any(r[1] is None for r in rows)),
+                     steps.tobytes(), values.tobytes()),
+                )
+                packed_points += len(rows)
+                last_packed = max(last_packed, rows[-1][0])
+            cache.packed_upto = max(cache.packed_upto, last_packed)
+        return packed_points
 
     def log_event(self, run_id: int, step: Optional[int], kind: str, payload: Any = None) -> None:
         """Record an event (an anomaly, a signal, a non-scalar log value) as JSON. Public API for other features,
@@ -417,22 +547,18 @@ class TrackerStore:
         """Continue a run from a checkpoint at `step`: values logged after it are dropped (they will be logged
         again), the summary is rebuilt from what remains, and the run is running again."""
         now = time.time()
+        self._runs.pop(run_id, None)
         with self.transaction() as conn:
             conn.execute("DELETE FROM metrics WHERE run_id = ? AND step > ?", (run_id, step))
+            conn.execute("DELETE FROM metric_chunks WHERE run_id = ? AND last_step > ?", (run_id, step))
             conn.execute("DELETE FROM events WHERE run_id = ? AND step > ?", (run_id, step))
+            summaries: dict[int, tuple] = {}
+            for key_id, step_, value in conn.execute(
+                "SELECT key_id, step, value FROM metrics WHERE run_id = ? ORDER BY step", (run_id,)
+            ):
+                summaries[key_id] = _fold(summaries.get(key_id), step_, value)
             conn.execute("DELETE FROM metric_summary WHERE run_id = ?", (run_id,))
-            conn.execute(
-                "INSERT INTO metric_summary(run_id, key_id, last_step, last_value, min_value, min_step, max_value, "
-                "max_step) SELECT m.run_id, m.key_id, "
-                "(SELECT MAX(step) FROM metrics WHERE run_id = m.run_id AND key_id = m.key_id), "
-                "(SELECT value FROM metrics WHERE run_id = m.run_id AND key_id = m.key_id ORDER BY step DESC LIMIT 1), "
-                "MIN(m.value), (SELECT step FROM metrics WHERE run_id = m.run_id AND key_id = m.key_id "
-                "AND value IS NOT NULL ORDER BY value, step LIMIT 1), "
-                "MAX(m.value), (SELECT step FROM metrics WHERE run_id = m.run_id AND key_id = m.key_id "
-                "AND value IS NOT NULL ORDER BY value DESC, step LIMIT 1) "
-                "FROM metrics m WHERE m.run_id = ? GROUP BY m.key_id",
-                (run_id,),
-            )
+            conn.executemany(_SUMMARY_REPLACE, [(run_id, kid, *summary) for kid, summary in summaries.items()])
             conn.execute(
                 "UPDATE runs SET status = 'running', end_time = NULL, heartbeat = ?, last_step = ?, error = NULL "
                 "WHERE id = ?",
@@ -446,8 +572,10 @@ class TrackerStore:
     def delete_runs(self, run_ids: Iterable[int]) -> int:
         """Delete runs and everything recorded for them; returns how many were deleted."""
         ids = [(int(i),) for i in run_ids]
+        for (run_id,) in ids:
+            self._runs.pop(run_id, None)
         with self.transaction() as conn:
-            for table in ("metrics", "metric_summary", "params", "tags", "artifacts", "events"):
+            for table in ("metrics", "metric_chunks", "metric_summary", "params", "tags", "artifacts", "events"):
                 conn.executemany(f"DELETE FROM {table} WHERE run_id = ?", ids)
             before = conn.total_changes
             conn.executemany("DELETE FROM runs WHERE id = ?", ids)
@@ -464,8 +592,8 @@ class TrackerStore:
         """Copy the WAL into the database file without waiting for readers (PASSIVE)."""
         try:
             self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        except sqlite3.OperationalError:
-            pass  # a busy database checkpoints later; nothing is lost
+        except sqlite3.Error:
+            pass  # a busy (or failed) database checkpoints later; nothing committed is lost
 
     # -- reading ------------------------------------------------------------------------------------------------
     def _rows(self, sql: str, params: Any = ()) -> list[dict[str, Any]]:
@@ -522,7 +650,8 @@ class TrackerStore:
             where.append(f"r.id IN ({','.join(str(i) for i in ids) or 'NULL'})")
         sql = (
             f"SELECT r.id, r.uuid, e.name AS experiment, r.name, {_STATUS_SQL} AS status, r.start_time, r.end_time, "
-            "r.heartbeat, r.last_step, r.trainer, r.output_dir, r.error, r.git_commit, r.git_branch, r.git_dirty, "
+            "r.heartbeat, COALESCE((SELECT MAX(s.last_step) FROM metric_summary s WHERE s.run_id = r.id), r.last_step) "
+            "AS last_step, r.trainer, r.output_dir, r.error, r.git_commit, r.git_branch, r.git_dirty, "
             "r.host, r.command FROM runs r JOIN experiments e ON e.id = r.experiment_id"
             + (" WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY r.start_time DESC, r.id DESC"
@@ -603,13 +732,43 @@ class TrackerStore:
         ).fetchall()
 
     def curve_points(self, run_id: int, key: str) -> list[tuple[int, Optional[float]]]:
-        """The full history of one metric as `(step, value)` pairs by step (value None for NaN): what charts need,
-        and the cheapest read (half the Python objects of `curve`)."""
-        return self.conn.execute(
-            "SELECT m.step, m.value FROM metrics m WHERE m.run_id = ? AND m.key_id = "
-            "(SELECT id FROM metric_keys WHERE name = ?) ORDER BY m.step",
-            (run_id, key),
-        ).fetchall()
+        """The full history of one metric as `(step, value)` pairs by step (value None for NaN), never downsampled:
+        what charts need. The packed chunks of the curve (see `pack_curves`) are read as a few blobs, the rest of it
+        as rows, both in one read transaction so a concurrent write or pack cannot show a step twice or not at all."""
+        row = self.conn.execute("SELECT id FROM metric_keys WHERE name = ?", (key,)).fetchone()
+        if row is None:
+            return []
+        key_id = row[0]
+        own = not self.conn.in_transaction
+        if own:
+            self.conn.execute("BEGIN")
+        try:
+            chunks = self.conn.execute(
+                "SELECT last_step, has_nan, steps, vals FROM metric_chunks WHERE run_id = ? AND key_id = ? "
+                "ORDER BY first_step",
+                (run_id, key_id),
+            ).fetchall()
+            after = chunks[-1][0] if chunks else -(1 << 62)
+            rows = self.conn.execute(
+                "SELECT step, value FROM metrics WHERE run_id = ? AND key_id = ? AND step > ? ORDER BY step",
+                (run_id, key_id, after),
+            ).fetchall()
+        finally:
+            if own:
+                self.conn.execute("COMMIT")
+        if not chunks:
+            return rows
+        points: list[tuple[int, Optional[float]]] = []
+        for _, has_nan, step_bytes, value_bytes in chunks:
+            steps, values = array("q"), array("d")
+            steps.frombytes(step_bytes)
+            values.frombytes(value_bytes)
+            if _BIG_ENDIAN:
+                steps.byteswap()
+                values.byteswap()
+            points.extend(zip(steps, [None if v != v else v for v in values] if has_nan else values))
+        points.extend(rows)
+        return points
 
     def history(self, run_id: int) -> list[dict[str, Any]]:
         """Every recorded value of a run: key, step, value, epoch, wall time."""
