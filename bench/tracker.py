@@ -85,6 +85,16 @@ class Raw:
         self.conn.execute("CREATE TABLE m(run_id INTEGER, key_id INTEGER, step INTEGER, value REAL, wall_time REAL, "
                           "PRIMARY KEY(run_id, step, key_id)) WITHOUT ROWID")
 
+    def flush(self) -> None:
+        pass
+
+    def write(self, step: int, logs: dict[str, float]) -> None:
+        now = time.time()
+        self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.executemany("INSERT INTO m VALUES(?, ?, ?, ?, ?)",
+                              [(1, k, step, v, now) for k, v in enumerate(logs.values())])
+        self.conn.execute("COMMIT")
+
 class MLflow:
     """`MlflowClient.log_batch` with one batch per step on a `sqlite:///` store (schema creation not timed)."""
 
