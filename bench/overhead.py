@@ -1,7 +1,8 @@
 """Step-time overhead of hftrain's SFTTrainer (defaults on) against trl.SFTTrainer, same model and data.
 
 Runs alternate (trl, hftrain, hftrain, trl, ...) so drift in machine load hits both sides alike. Each run trains the
-embedded tiny Llama for `--steps` optimizer steps; a timing callback (present in both) records each step's wall time.
+embedded tiny Llama for `--steps` optimizer steps; a timing callback (present in both) records the wall time of each
+loop iteration (step begin to next step begin, so logging and the tracker are counted).
 The first `--warmup` steps of every run are dropped. Prints the median step time of each side and the ratio.
 
     python bench/overhead.py                 # 6 runs per side x 60 steps
@@ -29,16 +30,17 @@ from hftrain.builtin import arithmetic_splits, build_tiny_causal_lm, build_token
 
 
 class StepTimer(TrainerCallback):
-    """Wall time of each optimizer step, from on_step_begin to on_step_end."""
+    """Wall time of each whole training-loop iteration, from one on_step_begin to the next: the step itself and
+    everything after it (logging, so the tracker's share is inside the figure)."""
 
     def __init__(self):
         self.durations, self._start = [], None
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self._start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.durations.append(time.perf_counter() - self._start)
+        now = time.perf_counter()
+        if self._start is not None:
+            self.durations.append(now - self._start)
+        self._start = now
 
 
 def one_run(side: str, workdir: str, steps: int, hidden: int, dataset, tokenizer) -> list[float]:
