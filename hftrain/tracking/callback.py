@@ -228,7 +228,7 @@ class TrackerCallback(TrainerCallback, ExportableState):
             else:  # lists, strings, tables: kept whole as an event, not dropped
                 events.append(("log", {"key": key, "value": _jsonable(value)}))
         self._last_step = state.global_step
-        self._write("metrics", state.global_step, self._store.log_metrics, self.run_id, state.global_step, metrics,
+        self._write("metrics", state.global_step, self._open().log_metrics, self.run_id, state.global_step, metrics,
                     epoch=state.epoch, events=events)
         self._logs_since_pack += 1
         if self._logs_since_pack >= _PACK_EVERY_LOGS:
@@ -246,7 +246,8 @@ class TrackerCallback(TrainerCallback, ExportableState):
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         if os.path.isdir(folder):
             step = state.global_step
-            self._write("checkpoint", step, lambda: self._store.log_artifacts(
+            store = self._open()
+            self._write("checkpoint", step, lambda: store.log_artifacts(
                 self.run_id, self._artifact_rows(folder, "checkpoint", step)))
         self._pack(below_step=state.global_step)
 
@@ -256,7 +257,7 @@ class TrackerCallback(TrainerCallback, ExportableState):
         step or after, so none lands behind a chunk. 256 points at least, so frequent checkpoints or logs do not
         leave many tiny chunks; the end of training packs the rest."""
         self._logs_since_pack = 0
-        self._write("packed curves", self._last_step, self._store.pack_curves, self.run_id, below_step=below_step,
+        self._write("packed curves", self._last_step, self._open().pack_curves, self.run_id, below_step=below_step,
                     min_points=1 if below_step is None else 256)
 
     def log_artifact(self, path: str, kind: str = "file", step: Optional[int] = None) -> None:
@@ -265,7 +266,8 @@ class TrackerCallback(TrainerCallback, ExportableState):
         if self.run_id is None or self._store is None or not os.path.exists(path):
             return
         step = self._last_step if step is None else step
-        self._write(kind, step, lambda: self._store.log_artifacts(self.run_id, self._artifact_rows(path, kind, step)))
+        store = self._store
+        self._write(kind, step, lambda: store.log_artifacts(self.run_id, self._artifact_rows(path, kind, step)))
 
     def _write(self, what: str, step: int, write, *args, **kwargs) -> None:
         """Queue a write to the writer thread while it runs (training); outside training, write now."""
@@ -291,6 +293,7 @@ class TrackerCallback(TrainerCallback, ExportableState):
         """Drain the writer's queue and stop it; afterwards the main connection is this thread's again."""
         writer, self._writer = self._writer, None
         if writer is not None and not writer.close(timeout):
+            self._store = None  # the writer still uses that connection: it keeps it, later writes open a new one
             logger.warning(f"hftrain tracker: {self.db_path} still busy after {timeout} s; "
                            "the last queued values of this run may be missing")
 
