@@ -93,10 +93,10 @@ def test_packed_curves_read_exactly_like_rows_through_every_change(tmp_path):
         check()
         assert store.curve_points(run, "loss")[36] == (37, None)  # NaN survives packing as a gap
         assert store.pack_curves(run, below_step=250, min_points=100) == 0  # too few new points: left as rows
-        store.log_metrics(run, 150, {"loss": 42.0})  # a packed step rewritten: its chunks go, the rows answer
-        assert chunks() == 0 and dict(store.curve_points(run, "loss"))[150] == 42.0
+        store.log_metrics(run, 150, {"loss": 42.0})  # a packed step rewritten: that curve's chunk goes, rows answer
+        assert chunks() == 1 and dict(store.curve_points(run, "loss"))[150] == 42.0  # `acc` keeps its chunk
         check()
-        assert store.pack_curves(run) == 2 * 300 and chunks() == 2
+        assert store.pack_curves(run) == 300 + 101 and chunks() == 3  # loss from scratch, acc from 200 on
         with TrackerStore(path) as second:  # another connection knows nothing of this one's caches
             second.log_metrics(run, 10, {"acc": -1.0})
         assert dict(store.curve_points(run, "acc"))[10] == -1.0
@@ -113,6 +113,53 @@ def test_packed_curves_read_exactly_like_rows_through_every_change(tmp_path):
         store.delete_runs([run])
         assert chunks() == 0
         assert store.curve_points(other, "loss") == _row_points(store, other, "loss")
+
+
+def test_copies_a_connection_keeps_follow_other_connections_and_failed_commits(tmp_path):
+    """The summary and packing state a writing connection keeps are read again when another connection has
+    committed since (a second writer, `runs gc` freeing a run id) and dropped when a commit fails."""
+    path = str(tmp_path / "runs.db")
+    with TrackerStore(path) as store, TrackerStore(path) as second:
+        run = store.create_run("e", "r")
+        for step in range(1, 21):
+            store.log_metrics(run, step, {"acc": step / 10})
+        second.log_metrics(run, 21, {"acc": -1.0})  # a second writer of the same run
+        store.log_metrics(run, 22, {"acc": 0.5})
+        assert store.summary(run)["acc"]["min_value"] == -1.0 and store.summary(run)["acc"]["min_step"] == 21
+        second.pack_curves(run)  # packed elsewhere: this connection must still invalidate what it rewrites
+        store.log_metrics(run, 5, {"acc": 42.0})
+        assert store.curve_points(run, "acc") == _row_points(store, run, "acc")
+        assert dict(store.curve_points(run, "acc"))[5] == 42.0
+
+        second.delete_runs([run])  # `hftrain runs gc` elsewhere; the next run may get the same id
+        fresh = store.create_run("e", "fresh")
+        store.log_metrics(fresh, 1, {"acc": 7.0})
+        assert store.summary(fresh)["acc"] == {"last_step": 1, "last_value": 7.0, "min_value": 7.0, "min_step": 1,
+                                               "max_value": 7.0, "max_step": 1}
+
+        class FailNextCommit:  # the connection as the store sees it, failing one COMMIT like a full disk would
+            def __init__(self, conn):
+                self.conn, self.fail = conn, True
+
+            def execute(self, sql, *args):
+                if sql == "COMMIT" and self.fail:
+                    self.fail = False
+                    raise sqlite3.OperationalError("disk I/O error")
+                return self.conn.execute(sql, *args)
+
+            def __getattr__(self, name):
+                return getattr(self.conn, name)
+
+        for step in range(2, 11):
+            store.log_metrics(fresh, step, {"acc": float(step)})
+        store.pack_curves(fresh)
+        real, store.conn = store.conn, FailNextCommit(store.conn)
+        with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+            store.log_metrics(fresh, 4, {"acc": 40.0})  # invalidated the chunk, then did not commit
+        store.conn = real
+        store.log_metrics(fresh, 6, {"acc": 60.0})
+        assert store.curve_points(fresh, "acc") == _row_points(store, fresh, "acc")
+        assert dict(store.curve_points(fresh, "acc"))[4] == 4.0 and dict(store.curve_points(fresh, "acc"))[6] == 60.0
 
 
 def test_version_1_database_is_upgraded_in_place(tmp_path):

@@ -158,10 +158,13 @@ def test_curves_are_packed_at_the_end_and_read_like_rows(tokenizer, lm_data, tmp
         keys = same_as_rows(store)
         chunks = store.conn.execute("SELECT COUNT(*) FROM metric_chunks WHERE run_id = ?", (run_id,)).fetchone()[0]
         assert "loss" in keys and chunks == len(keys)  # one chunk per curve, written by on_train_end
-    metrics = trainer.evaluate()  # logs at the last step, which is packed: that stretch is dropped, rows answer
+    metrics = trainer.evaluate()  # logs `epoch` again at the packed last step: that curve's chunk goes, rows answer
     with TrackerStore(db) as store:
         assert store.curve_points(run_id, "eval_loss") == [(6, metrics["eval_loss"])]
         same_as_rows(store)
+        left = {row[0] for row in store.conn.execute(
+            "SELECT k.name FROM metric_chunks c JOIN metric_keys k ON k.id = c.key_id WHERE c.run_id = ?", (run_id,))}
+        assert left == set(keys) - {"epoch"}  # the other curves keep their chunks
 
 
 def test_bad_database_fails_before_training(tokenizer, lm_data, tmp_path):

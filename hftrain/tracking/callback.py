@@ -153,6 +153,7 @@ class TrackerCallback(TrainerCallback, ExportableState):
             return
         if self._live:  # the previous train() of this trainer raised and never reached on_train_end
             self.end_abnormally("failed", "training raised before on_train_end; a new train() started")
+        self._close_writer()  # (none is left running normally; never two threads on one connection)
         store = self._open()
         self._signalled = None
         self._last_step = state.global_step
@@ -168,7 +169,6 @@ class TrackerCallback(TrainerCallback, ExportableState):
             logger.info(f"hftrain tracker: run {self.run_uuid} in {self.db_path}")
         self._live = True
         lifecycle.register(self)
-        self._close_writer()  # (none is left running normally; never two threads on one connection)
         self._writer = TrackerWriter(store, self._report_failure)
         self._writer.start()
         if self.system_interval > 0:
@@ -245,10 +245,10 @@ class TrackerCallback(TrainerCallback, ExportableState):
             self._writer.flush()  # checkpoints saved without a log just before (hftrain's SIGTERM stop, a user's)
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         if os.path.isdir(folder):
-            step = state.global_step
-            store = self._open()
-            self._write("checkpoint", step, lambda: store.log_artifacts(
-                self.run_id, self._artifact_rows(folder, "checkpoint", step)))
+            # the files are listed now (a later save may rotate this checkpoint away) and hashed on the writer
+            store, files = self._open(), _list_files(folder)
+            self._write("checkpoint", state.global_step, lambda: store.log_artifacts(
+                self.run_id, self._artifact_rows(files, "checkpoint", state.global_step)))
         self._pack(below_step=state.global_step)
 
     def _pack(self, below_step: Optional[int]) -> None:
@@ -266,8 +266,8 @@ class TrackerCallback(TrainerCallback, ExportableState):
         if self.run_id is None or self._store is None or not os.path.exists(path):
             return
         step = self._last_step if step is None else step
-        store = self._store
-        self._write(kind, step, lambda: store.log_artifacts(self.run_id, self._artifact_rows(path, kind, step)))
+        store, files = self._store, _list_files(path)
+        self._write(kind, step, lambda: store.log_artifacts(self.run_id, self._artifact_rows(files, kind, step)))
 
     def _write(self, what: str, step: int, write, *args, **kwargs) -> None:
         """Queue a write to the writer thread while it runs (training); outside training, write now."""
@@ -297,15 +297,9 @@ class TrackerCallback(TrainerCallback, ExportableState):
             logger.warning(f"hftrain tracker: {self.db_path} still busy after {timeout} s; "
                            "the last queued values of this run may be missing")
 
-    def _artifact_rows(self, path: str, kind: str, step: Optional[int]) -> list:
+    def _artifact_rows(self, files: list[tuple[str, int]], kind: str, step: Optional[int]) -> list:
         limit = self.hash_max_mb * 1024 * 1024
-        files = [path] if os.path.isfile(path) else [
-            os.path.join(root, name) for root, _, names in os.walk(path) for name in sorted(names)]
-        rows = []
-        for file in files:
-            size = os.path.getsize(file)
-            rows.append((os.path.abspath(file), kind, step, size, _sha256(file) if size <= limit else None))
-        return rows
+        return [(file, kind, step, size, _sha256(file) if size <= limit else None) for file, size in files]
 
     def on_train_error(self, trainer: Any, exc: BaseException) -> None:
         """`train()` raised (hftrain.resilience calls this): record the true status, failed, or killed for Ctrl-C,
@@ -323,9 +317,9 @@ class TrackerCallback(TrainerCallback, ExportableState):
         status = "killed" if self._signalled is not None else "finished"
         error = f"signal {self._signalled}" if self._signalled is not None else None
         try:
-            self._store.set_status(self.run_id, status, error)
+            self._open().set_status(self.run_id, status, error)
             self._store.checkpoint()
-        except sqlite3.Error:  # the long-lived connection failed mid-run: one fresh try for the final status
+        except (sqlite3.Error, TrackerError):  # the long-lived connection failed mid-run: one fresh try for the final status
             try:
                 with TrackerStore(self.db_path, timeout=5.0) as store:
                     store.set_status(self.run_id, status, error)
@@ -385,11 +379,22 @@ def _saved_run_uuid(state) -> Optional[str]:
     return None
 
 
-def _sha256(path: str) -> str:
+def _list_files(path: str) -> list[tuple[str, int]]:
+    """`(absolute path, size)` of a file, or of every file under a folder."""
+    files = [path] if os.path.isfile(path) else [
+        os.path.join(root, name) for root, _, names in os.walk(path) for name in sorted(names)]
+    return [(os.path.abspath(file), os.path.getsize(file)) for file in files]
+
+
+def _sha256(path: str) -> Optional[str]:
+    """The file's SHA-256, or None if it is gone by the time it is read (a rotated checkpoint)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except FileNotFoundError:
+        return None
     return digest.hexdigest()
 
 
@@ -436,9 +441,10 @@ class _Sampler(threading.Thread):
         if rss is not None:
             values["sys/cpu_rss_mb"] = rss / 2**20
         values.update(_gpu_values())
-        store = self.tracker._store
-        if store is not None and self.tracker.run_id is not None:
-            self.tracker._write("system sample", step, store.log_metrics, self.tracker.run_id, step, values)
+        # Only ever through the writer: this may be the sampler's own thread, which must never use the connection.
+        writer, store, run_id = self.tracker._writer, self.tracker._store, self.tracker.run_id
+        if writer is not None and writer.is_alive() and store is not None and run_id is not None:
+            writer.submit("system sample", step, store.log_metrics, run_id, step, values)
 
 
 def _rss_bytes() -> Optional[int]:

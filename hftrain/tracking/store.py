@@ -79,7 +79,7 @@ _MIGRATIONS: list[list[str]] = [
         # Packed copies of curve prefixes (little-endian int64 steps and float64 values, NaN for NaN), so a long
         # curve reads as a few blobs instead of one SQLite row and one Python tuple per point. The metrics rows
         # stay the source of truth: a chunk only ever covers steps that are also rows, and every write that
-        # changes a covered step deletes the chunks from that step on (see `_invalidate_chunks`).
+        # changes a covered step deletes that curve's chunks from that step on (see `_invalidate_chunks`).
         "CREATE TABLE IF NOT EXISTS metric_chunks(run_id INTEGER NOT NULL, key_id INTEGER NOT NULL, "
         "first_step INTEGER NOT NULL, last_step INTEGER NOT NULL, points INTEGER NOT NULL, has_nan INTEGER NOT NULL, "
         "steps BLOB NOT NULL, vals BLOB NOT NULL)",
@@ -151,7 +151,7 @@ class _RunCache:
 
     heartbeat_every: float
     heartbeat_at: float = 0.0
-    packed_upto: int = -1  # the last step any chunk of the run covers (-1: none)
+    packed: dict[int, int] = field(default_factory=dict)  # key id -> the last step its chunks cover
     summaries: dict[int, tuple] = field(default_factory=dict)  # key id -> last_step, last_value, min.., max..
 
 
@@ -189,6 +189,7 @@ class TrackerStore:
         self.timeout = timeout
         self._key_ids: dict[str, int] = {}
         self._runs: dict[int, _RunCache] = {}
+        self._data_version: Optional[int] = None
         self._check_file(create)
         try:
             self.conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
@@ -291,14 +292,24 @@ class TrackerStore:
                     raise TrackerError(f"tracker database {self.path}: {exc}") from None
                 time.sleep(0.05 * (attempt + 1) * (0.5 + random.random()))
         try:
+            # Another connection committed since this one last did (a resume elsewhere, `hftrain runs gc`, a second
+            # writer of a run): the copies this connection keeps of runs may be stale, so they are read again.
+            data_version = self.conn.execute("PRAGMA data_version").fetchone()[0]
+            if data_version != self._data_version:
+                self._runs.clear()
+                self._data_version = data_version
             yield self.conn
-        except BaseException:
-            self._runs.clear()  # a rolled-back write may have moved this connection's copies ahead of the file
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            raise
-        else:
             self.conn.execute("COMMIT")
+        except BaseException:
+            # a write that did not commit may have moved this connection's copies ahead of the file
+            self._runs.clear()
+            self._key_ids.clear()
+            if self.conn.in_transaction:
+                try:
+                    self.conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # the connection itself failed; the original error says why
+            raise
 
     def _key_id(self, name: str) -> int:
         key_id = self._key_ids.get(name)
@@ -360,6 +371,7 @@ class TrackerStore:
                 ),
             )
             run_id = cursor.lastrowid
+            self._runs.pop(run_id, None)  # the id of a deleted run can be given out again
             self._write_params(run_id, params or {})
             self._write_tags(run_id, tags or {})
         return run_id
@@ -410,10 +422,13 @@ class TrackerStore:
         now = time.time() if wall_time is None else wall_time
         with self.transaction() as conn:
             cache = self._run_cache(run_id)
-            if step <= cache.packed_upto:
-                self._invalidate_chunks(run_id, step, cache)
             key_id = self._key_id
             rows = [(run_id, key_id(k), step, v, epoch, now) for k, v in metrics.items()]
+            packed = cache.packed
+            if packed:
+                behind = [row[1] for row in rows if step <= packed.get(row[1], -1)]
+                if behind:
+                    self._invalidate_chunks(run_id, behind, step, cache)
             conn.executemany(_METRIC_UPSERT, rows)
             summaries = cache.summaries
             updated = [(kid, _fold(summaries.get(kid), step, value)) for _, kid, _, value, _, _ in rows]
@@ -445,19 +460,27 @@ class TrackerStore:
                 "WHERE run_id = ?", (run_id,)
             ):
                 cache.summaries[kid] = tuple(summary)
-            packed = self.conn.execute("SELECT MAX(last_step) FROM metric_chunks WHERE run_id = ?", (run_id,))
-            cache.packed_upto = packed.fetchone()[0]
-            if cache.packed_upto is None:
-                cache.packed_upto = -1
+            cache.packed = dict(self.conn.execute(
+                "SELECT key_id, MAX(last_step) FROM metric_chunks WHERE run_id = ? GROUP BY key_id", (run_id,)
+            ))
             self._runs[run_id] = cache
         return cache
 
-    def _invalidate_chunks(self, run_id: int, step: int, cache: "_RunCache") -> None:
-        """A write at `step` changes a packed stretch: drop every chunk that reaches `step` (so what is left of each
-        curve's chunks is still a prefix, and the rows from there on are read as rows)."""
-        self.conn.execute("DELETE FROM metric_chunks WHERE run_id = ? AND last_step >= ?", (run_id, step))
-        packed = self.conn.execute("SELECT MAX(last_step) FROM metric_chunks WHERE run_id = ?", (run_id,)).fetchone()
-        cache.packed_upto = -1 if packed[0] is None else packed[0]
+    def _invalidate_chunks(self, run_id: int, key_ids: list[int], step: int, cache: "_RunCache") -> None:
+        """A write at `step` changes a packed stretch of these curves: drop each one's chunks that reach `step` (so
+        what is left of its chunks is still a prefix, and the rows from there on are read as rows). Other curves
+        keep theirs: `evaluate()` after training rewrites `epoch` at the last step, not every curve."""
+        for key_id in key_ids:
+            self.conn.execute(
+                "DELETE FROM metric_chunks WHERE run_id = ? AND key_id = ? AND last_step >= ?", (run_id, key_id, step)
+            )
+            left = self.conn.execute(
+                "SELECT MAX(last_step) FROM metric_chunks WHERE run_id = ? AND key_id = ?", (run_id, key_id)
+            ).fetchone()[0]
+            if left is None:
+                cache.packed.pop(key_id, None)
+            else:
+                cache.packed[key_id] = left
 
     def pack_curves(self, run_id: int, below_step: Optional[int] = None, min_points: int = 1) -> int:
         """Copy each curve's rows that no chunk covers yet (those before `below_step`, or all) into one packed chunk
@@ -483,7 +506,6 @@ class TrackerStore:
             ):
                 if step > after.get(key_id, limit):
                     new[key_id].append((step, value))
-            last_packed = -1
             for key_id, rows in new.items():
                 if not rows or len(rows) < min_points:
                     continue
@@ -499,8 +521,7 @@ class TrackerStore:
                      steps.tobytes(), values.tobytes()),
                 )
                 packed_points += len(rows)
-                last_packed = max(last_packed, rows[-1][0])
-            cache.packed_upto = max(cache.packed_upto, last_packed)
+                cache.packed[key_id] = rows[-1][0]
         return packed_points
 
     def log_event(self, run_id: int, step: Optional[int], kind: str, payload: Any = None) -> None:
