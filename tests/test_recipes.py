@@ -178,3 +178,31 @@ def test_every_config_parses(name, monkeypatch):
         assert model_args.use_peft and model_args.lora_target_modules and not model_args.load_in_4bit
     if "default" not in name:
         assert model_args.model_name_or_path and parsed[1].global_batch_size
+
+
+def test_run_main_destroys_the_process_group_after_success_only(tmp_path):
+    """A recipe's process never exits with a live gloo group (which can abort at interpreter shutdown), and a
+    failed run leaves the group alone (another rank may still be inside a collective)."""
+    import torch.distributed as dist
+
+    from hftrain.errors import HFTrainError
+    from hftrain.recipe_utils import run_main
+
+    def start_group():
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+
+    seen = []
+    run_main(lambda argv: (start_group(), seen.append(dist.is_initialized())))
+    assert seen == [True] and not dist.is_initialized()
+
+    def fails(argv):
+        start_group()
+        raise HFTrainError("bad config")
+
+    (tmp_path / "store").unlink(missing_ok=True)
+    with pytest.raises(SystemExit):
+        run_main(fails)
+    try:
+        assert dist.is_initialized()
+    finally:
+        dist.destroy_process_group()

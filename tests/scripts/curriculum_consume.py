@@ -16,6 +16,8 @@ import json
 import os
 import sys
 
+from hftrain.recipe_utils import end_distributed
+
 ROWS, EPOCHS = 64, 2
 
 
@@ -99,4 +101,6 @@ def main(argv=None, hard_exit: bool = True) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    end_distributed()  # no process exits with a live gloo group (it can abort at shutdown)
+    sys.exit(code)

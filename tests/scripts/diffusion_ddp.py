@@ -12,6 +12,7 @@ from transformers import TrainerCallback
 
 from hftrain.diffusion import DiffusionConfig, DiffusionTrainer
 from hftrain.diffusion.builtin import build_digits_unet, digits_dataset
+from hftrain.recipe_utils import end_distributed
 
 
 class StopAt(TrainerCallback):
@@ -61,3 +62,4 @@ def main():
 
 if __name__ == "__main__":
     main()
+    end_distributed()  # no process exits with a live gloo group (it can abort at shutdown)

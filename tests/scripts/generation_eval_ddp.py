@@ -80,3 +80,6 @@ if __name__ == "__main__":
     if int(os.environ.get("RANK", "0")) == 0:
         with open(os.path.join(sys.argv[1], "metrics.json"), "w") as handle:
             json.dump({"world_size": int(os.environ.get("WORLD_SIZE", "1")), "results": out}, handle, indent=1)
+    from hftrain.recipe_utils import end_distributed
+
+    end_distributed()  # no process exits with a live gloo group (it can abort at shutdown)

@@ -13,6 +13,7 @@ from transformers import DataCollatorForLanguageModeling, TrainerCallback
 
 from hftrain import Trainer, TrainingArguments
 from hftrain.builtin import arithmetic_splits, build_tiny_causal_lm, build_tokenizer
+from hftrain.recipe_utils import end_distributed
 
 
 class _Pace(TrainerCallback):
@@ -88,3 +89,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    end_distributed()  # no process exits with a live gloo group (it can abort at shutdown)
