@@ -213,6 +213,17 @@ def find_resume_checkpoint(training_args, model=None) -> Optional[str]:
     return validate_output_dir(training_args.output_dir, training_args, model)
 
 
+def train_with_resume(trainer, checkpoint: Optional[str]):
+    """Stage 5 of every transformers-based recipe: train, resuming from `checkpoint` when `find_resume_checkpoint`
+    found one (said on rank 0), and record the train metrics (log and `train_results.json`)."""
+    if checkpoint and is_main_process():
+        print(f"[hftrain] resuming from {checkpoint}")
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    return result
+
+
 # -- quick check of what the model learned -------------------------------------------------------------------
 def greedy_exact_match(model, tokenizer, prompts: Sequence[str], references: Sequence[str], batch_size: int = 64,
                        max_new_tokens: int = 8) -> float:

@@ -43,6 +43,7 @@ from hftrain.recipe_utils import (
     require_columns,
     run_main,
     start_run,
+    train_with_resume,
 )
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "pretrain_default.yaml")
@@ -132,11 +133,7 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
     )
 
     # 5. Train (resuming when a checkpoint exists).
-    if checkpoint and is_main_process():
-        print(f"[hftrain] resuming from {checkpoint}")
-    train_result = trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.log_metrics("train", train_result.metrics)
-    trainer.save_metrics("train", train_result.metrics)
+    train_with_resume(trainer, checkpoint)
 
     # 6-8. Save, evaluate, card, push, and say where everything is.
     metrics = finish_run(trainer, model_args=model_args, recipe="pretrain",

@@ -38,6 +38,7 @@ from hftrain.recipe_utils import (
     require_columns,
     run_main,
     start_run,
+    train_with_resume,
 )
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "sft_default.yaml")
@@ -98,11 +99,7 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
             print(f"[hftrain] held-out exact match before training: {before:.1%} ({len(prompts)} questions)")
 
     # 5. Train (resuming when a checkpoint exists).
-    if checkpoint and is_main_process():
-        print(f"[hftrain] resuming from {checkpoint}")
-    train_result = trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.log_metrics("train", train_result.metrics)
-    trainer.save_metrics("train", train_result.metrics)
+    train_with_resume(trainer, checkpoint)
 
     # 6-7. Save, evaluate, card, push (hftrain.recipe_utils.finish_run), and say where everything is.
     metrics = finish_run(trainer, model_args=model_args, recipe="sft", dataset=script_args.dataset_name or "arithmetic",
