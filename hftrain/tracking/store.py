@@ -490,12 +490,8 @@ class TrackerStore:
         that step later is never behind a chunk) and once at the end of training (everything)."""
         packed_points = 0
         with self.transaction() as conn:
-            cache = self._run_cache(run_id)
-            after = dict(conn.execute(
-                "SELECT s.key_id, COALESCE((SELECT MAX(c.last_step) FROM metric_chunks c WHERE c.run_id = s.run_id "
-                "AND c.key_id = s.key_id), -1) FROM metric_summary s WHERE s.run_id = ?",
-                (run_id,),
-            ).fetchall())
+            cache = self._run_cache(run_id)  # current: re-read if another connection wrote since
+            after = {key_id: cache.packed.get(key_id, -1) for key_id in cache.summaries}  # every curve of the run
             if not after:
                 return 0
             limit = (1 << 62) if below_step is None else int(below_step)
