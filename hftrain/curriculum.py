@@ -647,7 +647,6 @@ def sampler_for_trainer(trainer: Any, train_dataset: Any = None) -> Optional[Cur
     sampler = sampler_for_geometry(trainer.train_dataset, args, scores, per_device_batch=trainer._train_batch_size,
                                    world_size=max(args.world_size, 1))
     trainer._curriculum_callback.attach(sampler)
-    trainer._curriculum_sampler = sampler
     return sampler
 
 

@@ -48,8 +48,6 @@ class StreamingMetric:
     several processes are merged by adding them key by key, so a subclass never needs to know about processes.
     """
 
-    needs_generation = True
-
     def __init__(self) -> None:
         self.state: State = {}
 
