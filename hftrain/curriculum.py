@@ -381,6 +381,8 @@ def _load_reference(path: str):
 def _per_example_loss(model, batch: dict) -> "np.ndarray":
     import torch
 
+    from .metrics import token_nll
+
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
     enc_dec = getattr(model.config, "is_encoder_decoder", False)
@@ -406,9 +408,7 @@ def _per_example_loss(model, batch: dict) -> "np.ndarray":
             f"curriculum=loss: the collated batch has neither `labels` nor DPO's `completion_mask` "
             f"(keys: {sorted(batch)}); use another scorer"
         )
-    nll = torch.nn.functional.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), labels.clamp(min=0).reshape(-1), reduction="none"
-    ).view(labels.shape)
+    nll = token_nll(logits, labels)
     per_row = (nll * mask).sum(-1) / mask.sum(-1).clamp(min=1)
     return per_row.cpu().numpy()
 

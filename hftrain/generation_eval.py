@@ -6,7 +6,8 @@ runs, after the trainer's own evaluation loop and before its metrics are logged:
 * generation: prompts only, left-padded batches, `max_new_tokens` and decoding settings from `args`, on the first
   `eval_generation_samples` rows; each batch is decoded, fed to the streaming metrics and dropped;
 * perplexity: one forward pass per batch over the whole prepared eval set, summing NLL and target tokens;
-* DPO: sequence log-probs of chosen/rejected under policy and reference, for preference accuracy and implied KL.
+* DPO: TRL's own rewards of each batch (its DPO loss path: `dpo_batch_rewards`), weighted by pairs, for preference
+  accuracy, reward margin and implied KL.
 
 Work is split into fixed batches (batch *i* holds rows `[i*B, (i+1)*B)`) and batch *i* goes to process
 `i % world_size`. A batch has the same rows and padding on any number of processes, and the metric states add up
@@ -16,18 +17,19 @@ streams of training: it runs inside `torch.random.fork_rng`.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import inspect
 import json
 import os
 from fractions import Fraction
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional
 
 import torch
 from transformers.utils import logging
 
 from .errors import ConfigError, DataError
-from .metrics import MetricSuite, merge_states, perplexity
+from .metrics import MetricSuite, merge_states, perplexity, token_nll
 
 logger = logging.get_logger(__name__)
 
@@ -303,38 +305,33 @@ class GenerationEvaluator:
             else:
                 logits = model(**inputs).logits[:, :-1]
                 labels = labels[:, 1:]
-            losses = torch.nn.functional.cross_entropy(
-                logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction="sum"
-            )
-            nll += Fraction(losses.item())
+            nll += Fraction(token_nll(logits, labels).sum().item())
             tokens += int((labels != -100).sum())
         gathered = self._gather(trainer, {"nll": nll, "tokens": tokens})
         total = merge_states(gathered)
         return {"perplexity": perplexity(total["nll"], total["tokens"]), "nll_tokens": total["tokens"]}
 
     def _dpo_metrics(self, trainer: Any, model: Any, dataset: Any) -> dict[str, Any]:
-        state = {"pairs": 0, "hits": 0, "log_ratio": Fraction(0), "margin": Fraction(0)}
+        """Preference accuracy, reward margin and implied KL over all pairs, from TRL's own per-batch rewards.
+
+        TRL's `eval_rewards/*` average batch means; these weight each batch by its pairs, so a partial last batch
+        (or another process count) does not change them.
+        """
+        state = {"pairs": 0, "hits": 0, "rewards": Fraction(0), "margin": Fraction(0)}
         for batch in self._prepared_batches(trainer, dataset):
-            policy_chosen, policy_rejected = _sequence_logps(model, batch)
-            if "ref_chosen_logps" in batch:  # precompute_ref_log_probs=True
-                ref_chosen, ref_rejected = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
-            else:  # TRL's own reference path: ref_model, or the adapter-disabled base under PEFT
-                reference = trainer.ref_model if trainer.ref_model is not None else trainer.model
-                ref_chosen, ref_rejected = trainer.compute_ref_log_probs(reference, batch)
-            chosen_ratio = (policy_chosen - ref_chosen).double()
-            rejected_ratio = (policy_rejected - ref_rejected).double()
-            margin = chosen_ratio - rejected_ratio
-            state["pairs"] += int(margin.numel())
-            state["hits"] += int((margin > 0).sum())
-            state["log_ratio"] += sum((Fraction(v) for v in (chosen_ratio + rejected_ratio).tolist()), Fraction(0))
-            state["margin"] += sum((Fraction(v) for v in margin.tolist()), Fraction(0))
+            rewards = dpo_batch_rewards(trainer, model, batch)
+            pairs = int(batch["input_ids"].size(0)) // 2  # the collator stacks [chosen; rejected]
+            state["pairs"] += pairs
+            state["hits"] += round(rewards["accuracies"] * pairs)  # a mean of 0/1 over the batch's pairs
+            state["rewards"] += (Fraction(rewards["chosen"]) + Fraction(rewards["rejected"])) * pairs
+            state["margin"] += Fraction(rewards["margins"]) * pairs
         total = merge_states(self._gather(trainer, state))
         pairs = total["pairs"] or 1
-        beta = float(getattr(trainer.args, "beta", 0.1))
+        # TRL's rewards are beta * (policy - reference) log-ratios; the implied KL is the unscaled mean log-ratio.
         return {
             "dpo_preference_accuracy": total["hits"] / pairs,
-            "dpo_implied_kl": float(total["log_ratio"] / (2 * pairs)),
-            "dpo_reward_margin": beta * float(total["margin"] / pairs),
+            "dpo_implied_kl": float(total["rewards"] / (2 * pairs)) / float(trainer.args.beta),
+            "dpo_reward_margin": float(total["margin"] / pairs),
         }
 
 
@@ -344,12 +341,43 @@ def _rows(dataset: Any, indices: range) -> list[dict]:
     return [dict(zip(columns, values)) for values in zip(*columns.values())]
 
 
-def _sequence_logps(model: Any, batch: dict) -> Sequence[torch.Tensor]:
-    """Summed completion log-probs of `[chosen; rejected]` under `model`, as TRL's DPO computes them."""
-    skip = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
-    kwargs = {k: v for k, v in batch.items() if k not in skip}
-    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
-    per_token = model(**kwargs, use_cache=False, labels=labels, fused_lm_head=True).log_probs
-    mask = batch["completion_mask"][..., 1:]
-    per_token = per_token[:, -mask.size(1) :] * mask
-    return per_token.sum(dim=1).chunk(2, dim=0)
+def dpo_batch_rewards(trainer: Any, model: Any, batch: dict) -> dict[str, float]:
+    """TRL's DPO rewards for one collated batch: the batch means of its `rewards/{chosen,rejected,margins,accuracies}`.
+
+    Host adapter (private TRL API). TRL 1.16 computes the policy and reference log-probs (ld_alpha, precomputed or
+    PEFT-adapter reference, ...) and the rewards only inside the private `DPOTrainer._compute_loss`, which returns
+    the loss and records the rewards' batch means in the private `trainer._metrics`. It is reached here through the
+    public `prediction_step`, as TRL's eval loop does per batch; `_metrics` is swapped out meanwhile so TRL's own eval
+    logs do not see these batches.
+    """
+    saved = trainer._metrics
+    trainer._metrics = {mode: collections.defaultdict(list) for mode in saved}
+    try:
+        with _local_gathers(trainer.accelerator):
+            trainer.prediction_step(model, batch, prediction_loss_only=True)
+        recorded = {key: values for mode in trainer._metrics.values() for key, values in mode.items() if values}
+    finally:
+        trainer._metrics = saved
+    return {name: recorded[f"rewards/{name}"][-1] for name in ("chosen", "rejected", "margins", "accuracies")}
+
+
+@contextlib.contextmanager
+def _local_gathers(accelerator: Any) -> Iterator[None]:
+    """Part of `dpo_batch_rewards`: `accelerator.gather`/`gather_for_metrics` return the local tensor meanwhile.
+
+    `_compute_loss` gathers every batch's metrics over processes, which needs all processes to run same-sized
+    batches in step (TRL's even eval batches). hftrain's fixed batches differ per process (uneven shards, a partial
+    last batch), so a gather there would hang or mix batches; hftrain merges its per-batch sums itself instead.
+    """
+    if accelerator.num_processes <= 1:
+        yield
+        return
+
+    def local(tensor: Any, *args: Any, **kwargs: Any) -> Any:
+        return tensor
+
+    accelerator.gather = accelerator.gather_for_metrics = local
+    try:
+        yield
+    finally:
+        del accelerator.gather, accelerator.gather_for_metrics

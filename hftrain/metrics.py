@@ -481,3 +481,17 @@ def perplexity(nll_sum: Any, token_count: int) -> float:
         return float("nan")
     mean = float(Fraction(nll_sum) / token_count)
     return math.exp(mean) if mean < 700 else float("inf")
+
+
+def token_nll(logits: Any, labels: Any, ignore_index: int = -100) -> Any:
+    """Per-token negative log-likelihood of `labels` under `logits` (`[..., vocab]`), 0 where `labels == ignore_index`.
+
+    Callers align logits and labels (decoder-only models shift by one; encoder-decoder ones do not). The logits are
+    upcast to float32 so the NLL does not depend on the model's dtype.
+    """
+    import torch
+
+    flat = torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=ignore_index, reduction="none"
+    )
+    return flat.view(labels.shape)

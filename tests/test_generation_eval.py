@@ -1,8 +1,9 @@
 """Generation metrics inside `Seq2SeqTrainer.evaluate` / `train`: improvement, best model, samples, perplexity,
-flat memory, and nothing changed when no metric is asked for."""
+flat memory, and nothing changed when no metric is asked for; DPO metrics equal TRL's own eval rewards."""
 
 from __future__ import annotations
 
+import copy
 import gc
 import json
 import math
@@ -14,8 +15,10 @@ import pytest
 import torch
 from transformers import DataCollatorForSeq2Seq
 
-from hftrain import Seq2SeqTrainer, Seq2SeqTrainingArguments
-from hftrain.builtin import build_tiny_seq2seq, build_tokenizer, number_spelling_splits
+from hftrain import DPOConfig, DPOTrainer, Seq2SeqTrainer, Seq2SeqTrainingArguments
+from hftrain.builtin import (build_tiny_causal_lm, build_tiny_seq2seq, build_tokenizer, number_spelling_splits,
+                             preference_splits)
+from hftrain.generation_eval import dpo_batch_rewards
 
 TOK = build_tokenizer()
 
@@ -152,3 +155,50 @@ def test_evaluation_memory_is_flat_when_the_eval_set_grows_8x(tmp_path):
     # Keeping the 112 extra generations, references and prompts as strings alone would add > 20 KB.
     assert kept_large <= kept_small + 16 * 1024
     assert rss_large <= rss_small + 8 * 1024
+
+
+def _dpo_trainer(tmp_path, eval_rows, **overrides):
+    train, evaluation = preference_splits(8, eval_rows)
+    policy = build_tiny_causal_lm(TOK, hidden_size=32, seed=1)
+    settings = dict(
+        output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", save_strategy="no", tracker=False,
+        per_device_eval_batch_size=4, max_length=64, disable_tqdm=True, seed=0, eval_metrics=["dpo"],
+    )
+    settings.update(overrides)
+    trainer = DPOTrainer(model=policy, ref_model=copy.deepcopy(policy), args=DPOConfig(**settings),
+                         train_dataset=train, eval_dataset=evaluation, processing_class=TOK)
+    with torch.no_grad():  # move the policy off the reference so the margin and accuracy are not trivially 0 and 0.5
+        for parameter in trainer.model.parameters():
+            parameter.add_(0.02 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(3)))
+    return trainer
+
+
+@pytest.mark.parametrize("overrides", [{}, {"ld_alpha": 0.5}, {"ld_alpha": 0.3, "precompute_ref_log_probs": True}],
+                         ids=["default", "ld_alpha", "ld_alpha_precomputed_reference"])
+def test_dpo_metrics_equal_trl_eval_rewards(tmp_path, overrides):
+    # 12 pairs in batches of 4: TRL's mean of batch means is the mean over pairs that hftrain reports.
+    trainer = _dpo_trainer(tmp_path, eval_rows=12, **overrides)
+    metrics = trainer.evaluate()
+    assert metrics["eval_rewards/margins"] != 0 and 0 < metrics["eval_rewards/accuracies"] < 1
+    assert metrics["eval_dpo_reward_margin"] == pytest.approx(metrics["eval_rewards/margins"], rel=1e-6)
+    assert metrics["eval_dpo_preference_accuracy"] == pytest.approx(metrics["eval_rewards/accuracies"], abs=1e-9)
+    implied_kl = (metrics["eval_rewards/chosen"] + metrics["eval_rewards/rejected"]) / (2 * trainer.args.beta)
+    assert metrics["eval_dpo_implied_kl"] == pytest.approx(implied_kl, rel=1e-6)
+    trainer._hftrain_evaluator.compute(trainer, None, None, "eval")
+    assert not any(trainer._metrics.values())  # TRL's own eval logs never see hftrain's batches
+
+
+def test_dpo_metrics_weight_pairs_where_trl_averages_batch_means(tmp_path):
+    # 13 pairs in batches of 4, 4, 4, 1: TRL's eval_rewards/* average the 4 batch means; hftrain weights by pairs.
+    trainer = _dpo_trainer(tmp_path, eval_rows=13)
+    metrics = trainer.evaluate()
+    prepared = trainer._hftrain_evaluator._prepared_batches(trainer, trainer.eval_dataset)
+    batches = [dpo_batch_rewards(trainer, trainer.model, batch) for batch in prepared]
+    sizes = [4, 4, 4, 1]
+    assert metrics["eval_rewards/margins"] == pytest.approx(sum(b["margins"] for b in batches) / 4, rel=1e-6)
+    assert metrics["eval_dpo_reward_margin"] == pytest.approx(
+        sum(n * b["margins"] for n, b in zip(sizes, batches)) / 13, rel=1e-6
+    )
+    hits = sum(round(n * b["accuracies"]) for n, b in zip(sizes, batches))
+    assert metrics["eval_dpo_preference_accuracy"] == hits / 13
+    assert metrics["eval_dpo_reward_margin"] != pytest.approx(metrics["eval_rewards/margins"], rel=1e-3)

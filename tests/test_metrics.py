@@ -12,7 +12,7 @@ from rouge_score import rouge_scorer
 
 from hftrain.errors import ConfigError
 from hftrain.metrics import (MetricSuite, available_metrics, check_metric_names, final_number, merge_states,
-                             normalize_text, perplexity, register_metric)
+                             normalize_text, perplexity, register_metric, token_nll)
 
 PREDICTIONS = [
     "the cat sat on the mat",
@@ -188,3 +188,15 @@ def test_perplexity_is_token_weighted_and_merge_is_exact():
     b = {"nll": Fraction(0.3), "tokens": 1}
     assert merge_states([a, b]) == merge_states([b, a])
     assert perplexity(merge_states([a, b])["nll"], 4) == pytest.approx(2.718281828 ** (0.6 / 4))
+
+
+def test_token_nll_is_minus_log_softmax_at_the_label_and_zero_where_ignored():
+    import torch
+
+    logits = torch.randn(2, 5, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(torch.bfloat16)
+    labels = torch.tensor([[1, 2, -100, 3, 6], [-100, -100, 0, 5, 4]])
+    nll = token_nll(logits, labels)
+    assert nll.shape == labels.shape and nll.dtype == torch.float32
+    expected = -torch.log_softmax(logits.float(), -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(nll, expected.masked_fill(labels == -100, 0), atol=1e-6)
+    assert torch.all(nll[labels == -100] == 0)
