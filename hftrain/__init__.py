@@ -12,14 +12,15 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "HFTrainArguments": "hftrain.args",
-    "HFTrainParser": "hftrain.args",
-    "ModelArguments": "hftrain.args",
-    "ScriptArguments": "hftrain.args",
-    "TrainingArguments": "hftrain.args",
-    "Seq2SeqTrainingArguments": "hftrain.args",
-    "SFTConfig": "hftrain.trl_args",
-    "DPOConfig": "hftrain.trl_args",
+    "HFTrainArguments": "hftrain.config",
+    "HFTrainParser": "hftrain.config",
+    "ModelArguments": "hftrain.config",
+    "ScriptArguments": "hftrain.config",
+    "TrainingArguments": "hftrain.config",
+    "Seq2SeqTrainingArguments": "hftrain.config",
+    "SFTConfig": "hftrain.config.trl",
+    "DPOConfig": "hftrain.config.trl",
+    "resolve_arguments": "hftrain.launch",
     "HFTrainMixin": "hftrain.trainers",
     "Trainer": "hftrain.trainers",
     "Seq2SeqTrainer": "hftrain.trainers",

@@ -19,6 +19,7 @@ import urllib.request
 import weakref
 from typing import Any, Callable, Optional
 
+from transformers import TrainerCallback
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
@@ -162,6 +163,11 @@ class Notifier:
             self.sender.send(alert)
         return alert
 
+    def flush(self) -> None:
+        """Wait (bounded by the timeout and retries) until queued webhook alerts are sent, e.g. before exiting."""
+        if self.sender is not None:
+            self.sender.flush(self.sender.timeout * (self.sender.retries + 1))
+
     def _record(self, alert: dict[str, Any]) -> None:
         payload = {k: alert[k] for k in ("event", "message", "metrics", "checkpoint")}
         for tracker in self._tracker_lookup():
@@ -169,3 +175,18 @@ class Notifier:
                 tracker.log_event(kind=alert["kind"], payload=_jsonable(payload), step=alert["step"])
             except Exception as exc:  # noqa: BLE001
                 logger.debug(f"tracker event not recorded: {exc}")
+
+
+class AlertCallback(TrainerCallback):
+    """Holds the run's `Notifier` and sends the failure alert when `train()` raises (`on_train_error`, called by
+    `hftrain.signals.run_train`: no TrainerCallback event fires on an exception)."""
+
+    def __init__(self, notifier: Notifier):
+        self.notifier = notifier
+
+    def on_train_error(self, host: Any, exc: BaseException) -> None:
+        from .checkpoints import last_valid_checkpoint
+
+        self.notifier.notify("failure", "failure", f"training failed: {exc.__class__.__name__}: {exc}",
+                             step=host.state.global_step, checkpoint=last_valid_checkpoint(host.args.output_dir),
+                             level="error")

@@ -14,7 +14,7 @@ Three parts, each usable alone:
 custom sampler after a multi-process mid-epoch resume, see UPSTREAM_NOTES §1), refuses a resume whose curriculum
 differs from the one in the checkpoint, and logs `curriculum/open_share` and `curriculum/mean_difficulty`.
 
-Trainers get all of this from `HFTrainMixin._get_train_sampler` (see `sampler_for_trainer`); other loops (the
+Trainers get all of this from `HFTrainMixin._get_train_sampler` (see `sampler_for_host`); other loops (the
 diffusion loop) call `build_curriculum_sampler`.
 """
 
@@ -34,7 +34,8 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 from transformers.utils import logging
 
-from .args import hftrain_settings
+from .config import hftrain_settings
+from .config.groups import PACINGS
 from .errors import ConfigError, DataError, ModelLoadError
 
 logger = logging.get_logger(__name__)
@@ -43,18 +44,15 @@ __all__ = [
     "PACINGS",
     "SCORERS",
     "register_scorer",
-    "curriculum_enabled",
-    "validate_curriculum_settings",
     "pacing_share",
     "compute_scores",
     "CurriculumSampler",
     "CurriculumCallback",
     "build_curriculum_sampler",
     "curriculum_callbacks",
-    "sampler_for_trainer",
+    "sampler_for_host",
 ]
 
-PACINGS = ("linear", "root", "geometric", "step", "none")
 SCORERS = ("length", "column", "loss")
 _OFF = (None, "", "none", "off", "false")
 _REGISTRY: dict[str, Callable[[dict], float]] = {}
@@ -69,13 +67,7 @@ def register_scorer(name: str, fn: Callable[[dict], float]) -> None:
     _REGISTRY[name] = fn
 
 
-def curriculum_enabled(args: Any) -> bool:
-    """True when `args` (any arguments object) asks for a curriculum."""
-    value = getattr(hftrain_settings(args), "curriculum", None)
-    return callable(value) or (isinstance(value, str) and value.strip().lower() not in _OFF)
-
-
-def _resolve_scorer(value: Any) -> Any:
+def resolve_scorer(value: Any) -> Any:
     """A built-in scorer name, or the user's callable (from the registry, a `module:function` path, or as given)."""
     if callable(value):
         return value
@@ -94,32 +86,6 @@ def _resolve_scorer(value: Any) -> Any:
         return fn
     allowed = ", ".join(list(SCORERS) + sorted(_REGISTRY) + ["module:function", "a callable", "none"])
     raise ConfigError(f"curriculum: unknown scorer {value!r}; expected one of {allowed}")
-
-
-def validate_curriculum_settings(args: Any) -> None:
-    """Check the curriculum fields of `args` and raise `ConfigError` naming the first bad one."""
-    s = hftrain_settings(args)
-    if not curriculum_enabled(s):
-        return
-    _resolve_scorer(s.curriculum)
-    if s.curriculum_pacing not in PACINGS:
-        raise ConfigError(f"curriculum_pacing: expected one of {', '.join(PACINGS)}, got {s.curriculum_pacing!r}")
-    for name in ("curriculum_start", "curriculum_full_at"):
-        value = getattr(s, name)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 < value <= 1.0:
-            raise ConfigError(f"{name}: expected a share in (0, 1], got {value!r}")
-    stages = s.curriculum_stages
-    if stages is not None:
-        if len(stages) == 0 or any(not isinstance(v, (int, float)) or not 0.0 < v <= 1.0 for v in stages):
-            raise ConfigError(f"curriculum_stages: expected a list of shares in (0, 1], got {stages!r}")
-        if any(b < a for a, b in zip(stages, stages[1:])):
-            raise ConfigError(f"curriculum_stages: shares must not decrease, got {stages!r}")
-    if not isinstance(s.curriculum_loss_batch_size, int) or s.curriculum_loss_batch_size <= 0:
-        raise ConfigError(f"curriculum_loss_batch_size: expected a positive integer, got {s.curriculum_loss_batch_size!r}")
-    if s.curriculum == "column" and not s.curriculum_column:
-        raise ConfigError("curriculum_column: curriculum=column needs the name of a numeric column")
-    if s.curriculum_loss_model and s.curriculum != "loss":
-        raise ConfigError(f"curriculum_loss_model: only used with curriculum=loss, got curriculum={s.curriculum!r}")
 
 
 # --- pacing ----------------------------------------------------------------------------------------------------
@@ -345,7 +311,7 @@ def _check_finite(scores: np.ndarray, what: str) -> np.ndarray:
 def compute_scores(dataset: Any, args: Any, *, is_encoder_decoder: bool = False) -> np.ndarray:
     """One difficulty score per row of `dataset` for every scorer except `loss` (see `loss_scores`)."""
     s = hftrain_settings(args)
-    scorer = _resolve_scorer(s.curriculum)
+    scorer = resolve_scorer(s.curriculum)
     if scorer == "length":
         scores = _length_scores(dataset, is_encoder_decoder, getattr(args, "length_column_name", "length"))
     elif scorer == "column":
@@ -413,7 +379,7 @@ def _per_example_loss(model, batch: dict) -> "np.ndarray":
     return per_row.cpu().numpy()
 
 
-def loss_scores(trainer: Any, train_dataset: Any) -> np.ndarray:
+def loss_scores(host: Any, train_dataset: Any, collate_fn: Any) -> np.ndarray:
     """Per-row loss of the initial model (or `curriculum_loss_model`), computed once and gathered across processes.
 
     `train_dataset` is the column-pruned set the trainer's collator expects. Each process scores rows
@@ -423,19 +389,19 @@ def loss_scores(trainer: Any, train_dataset: Any) -> np.ndarray:
     import torch
     from torch.utils.data import DataLoader, Subset
 
-    s, args = trainer.hftrain_args, trainer.args
+    s, args = hftrain_settings(host.args), host.args
     key = _content_key(train_dataset, {"model": s.curriculum_loss_model or "initial", "what": "loss"})
     cache = os.path.join(args.output_dir, f"curriculum_scores-{key}.json")
     if os.path.isfile(cache):
         with open(cache, encoding="utf-8") as handle:
             logger.info(f"curriculum: loss scores read from {cache}")
             return np.asarray(json.load(handle), dtype=float)
-    model = _load_reference(s.curriculum_loss_model) if s.curriculum_loss_model else trainer.model
+    model = _load_reference(s.curriculum_loss_model) if s.curriculum_loss_model else host.model
     model = model.to(args.device)
     rank, world = args.process_index, args.world_size
     rows = list(range(rank, len(train_dataset), world))
     loader = DataLoader(Subset(train_dataset, rows), batch_size=s.curriculum_loss_batch_size,
-                        collate_fn=trainer.data_collator, shuffle=False)
+                        collate_fn=collate_fn, shuffle=False)
     was_training = model.training
     model.eval()
     local = []
@@ -489,6 +455,7 @@ class CurriculumCallback(TrainerCallback, ExportableState):
     def __init__(self, fingerprint: Optional[dict] = None, sampler: Optional[CurriculumSampler] = None):
         self.fingerprint = fingerprint
         self.sampler = sampler
+        self.scores: Optional[np.ndarray] = None  # one score per training row, set when the loop is built
         self._last_logged = 0
 
     def state(self) -> dict:
@@ -574,7 +541,6 @@ def build_curriculum_sampler(
     The loop must call the callback's `on_train_begin`, `on_epoch_begin` (with `state.epoch` set) and `on_log`.
     """
     s = hftrain_settings(args)
-    validate_curriculum_settings(s)
     if scores is None:
         scores = compute_scores(dataset, args)
     if len(scores) != len(dataset):
@@ -597,56 +563,50 @@ def build_curriculum_sampler(
     return sampler, callback
 
 
-def curriculum_callbacks(trainer: Any) -> list[TrainerCallback]:
-    """Check that `trainer` can run its curriculum and return the callback; score now unless scores need the model.
+def curriculum_callbacks(host: Any, settings: Any) -> list[TrainerCallback]:
+    """Check that the loop can run its curriculum and return its callback, which holds the scores (computed now
+    unless they need the model: the `loss` scorer runs when the sampler is built).
 
-    Called while the trainer is built, so bad data or settings fail before any training work.
+    Called while the loop is built, so bad data or settings fail before any training work.
     """
-    args = trainer.args
-    if not curriculum_enabled(args):
-        return []
-    s = hftrain_settings(args)
-    validate_curriculum_settings(s)
-    # A loop whose `train_dataset` decodes rows into tensors (the diffusion loop) names its raw rows `train_rows`.
-    dataset = getattr(trainer, "train_rows", None)
-    dataset = trainer.train_dataset if dataset is None else dataset
-    if dataset is None:
+    rows = host.train_rows
+    if rows is None:
         return []  # nothing to train on yet; `train()` itself will complain
-    if getattr(args, "packing", False):
+    if getattr(host.args, "packing", False):
         raise ConfigError(
             "curriculum: SFT packing (packing=true) concatenates rows into fixed-length blocks, so a row's "
             "difficulty no longer exists; set packing=false to train with a curriculum"
         )
     try:
-        len(dataset)
+        len(rows)
     except TypeError:
         raise ConfigError(
-            f"curriculum: the training set ({type(dataset).__name__}) has no length; a curriculum orders a "
+            f"curriculum: the training set ({type(rows).__name__}) has no length; a curriculum orders a "
             "map-style dataset. Use a `datasets.Dataset` (not streaming) or set curriculum=none"
         ) from None
-    if s.curriculum != "loss":
-        enc_dec = getattr(getattr(trainer.model, "config", None), "is_encoder_decoder", False)
-        trainer._curriculum_scores = compute_scores(dataset, args, is_encoder_decoder=enc_dec)
-    trainer._curriculum_callback = CurriculumCallback()
-    return [trainer._curriculum_callback]
+    callback = CurriculumCallback()
+    if settings.curriculum != "loss":
+        enc_dec = getattr(getattr(host.model, "config", None), "is_encoder_decoder", False)
+        callback.scores = compute_scores(rows, host.args, is_encoder_decoder=enc_dec)
+    return [callback]
 
 
-def sampler_for_trainer(trainer: Any, train_dataset: Any = None) -> Optional[CurriculumSampler]:
-    """The curriculum sampler for `trainer` (None when no curriculum is asked for); used by `HFTrainMixin`.
+def sampler_for_host(host: Any, pruned: Any = None, collate_fn: Any = None) -> Optional[CurriculumSampler]:
+    """The curriculum sampler for a loop (None when it runs no curriculum), attached to its callback.
 
-    Scores come from `trainer.train_dataset`, which keeps every column (the `train_dataset` argument has lost the
-    ones the model does not take, `difficulty` included); the row order is the same.
+    Scores come from `host.train_rows`, which keeps every column (the dataset a Trainer hands its sampler has lost
+    the ones the model does not take, `difficulty` included; the row order is the same). The `loss` scorer runs
+    now, on `pruned` collated by `collate_fn`, with the initial model.
     """
-    args = trainer.args
-    if not curriculum_enabled(args) or getattr(trainer, "_curriculum_callback", None) is None:
+    callback = next((cb for cb in host.callbacks if isinstance(cb, CurriculumCallback)), None)
+    if callback is None:
         return None
-    scores = getattr(trainer, "_curriculum_scores", None)
-    if scores is None:  # the loss scorer runs on the collated, column-pruned rows
-        pruned = train_dataset if train_dataset is not None else trainer.train_dataset
-        scores = trainer._curriculum_scores = loss_scores(trainer, pruned)
-    sampler = sampler_for_geometry(trainer.train_dataset, args, scores, per_device_batch=trainer._train_batch_size,
-                                   world_size=max(args.world_size, 1))
-    trainer._curriculum_callback.attach(sampler)
+    if callback.scores is None:
+        callback.scores = loss_scores(host, pruned if pruned is not None else host.train_rows, collate_fn)
+    geometry = host.batch_geometry()
+    sampler = sampler_for_geometry(host.train_rows, host.args, callback.scores, per_device_batch=geometry.per_device,
+                                   world_size=geometry.processes)
+    callback.attach(sampler)
     return sampler
 
 

@@ -1,4 +1,8 @@
-"""Exceptions hftrain raises for bad input. Recipes print them as one line and exit with status 2."""
+"""Exceptions hftrain raises for bad input, and the one boundary that turns them into `error: ...` and exit 2."""
+
+import contextlib
+import sys
+from typing import Iterator
 
 
 class HFTrainError(Exception):
@@ -19,3 +23,14 @@ class ModelLoadError(HFTrainError, OSError):
 
 class TrackerError(HFTrainError, ValueError):
     """A tracker database that is not an hftrain run store (corrupt, foreign, newer), or a run that does not exist."""
+
+
+@contextlib.contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    """Run a command-line entry point: an `HFTrainError` becomes one `error: ...` line on stderr and exit status 2,
+    never a traceback. Every entry point (recipes, `hftrain runs`, `hftrain tune`, `hftrain push`) uses this."""
+    try:
+        yield
+    except HFTrainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

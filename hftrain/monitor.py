@@ -1,12 +1,9 @@
 """The training monitor: catch NaN/Inf, loss spikes, gradient explosions, stalls and overfitting, then act.
 
 Per optimizer step, in `on_pre_optimizer_step` (after backward and clipping, before `optimizer.step()`), the monitor
-reads two numbers it does not compute itself, in one device sync:
-
-* the pre-clip gradient norm, as returned by `accelerator.clip_grad_norm_` (transformers calls it every step, with
-  `max_norm=inf` when clipping is off; the monitor wraps that bound method on the trainer's accelerator to see the
-  value the trainer already computed);
-* the step's loss, as the growth of the trainer's running loss sum (`trainer._tr_loss`) since the last step.
+reads two numbers it does not compute itself, in one device sync, through the host contract (`hftrain.host`): the
+step's loss and the pre-clip gradient norm, as every loop (transformers' Trainer family, the diffusion loop) offers
+them.
 
 Because both are known before the update, `skip`, `stop` and `rollback` keep a bad update out of the weights at any
 `logging_steps`. A NaN/Inf loss always gives a NaN/Inf gradient, so it is caught here even where transformers'
@@ -27,14 +24,13 @@ from __future__ import annotations
 import bisect
 import math
 import os
-import weakref
 from collections import deque
 from typing import Any, Optional
 
 from transformers import TrainerCallback
 from transformers.utils import logging
 
-from .resilience import last_valid_checkpoint
+from .checkpoints import last_valid_checkpoint
 
 logger = logging.get_logger(__name__)
 
@@ -97,15 +93,25 @@ def _median(ordered: list) -> float:
     return ordered[n // 2] if n % 2 else 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])
 
 
-def _item(value: Any) -> Optional[float]:
-    return None if value is None else float(value)
+def _read_both(loss: Any, grad_norm: Any) -> tuple[Optional[float], Optional[float]]:
+    """The step's loss and gradient norm as floats, read from the device together (one sync)."""
+    values = [v for v in (loss, grad_norm) if v is not None]
+    if not values:
+        return None, None
+    import torch
+
+    device = values[0].device if hasattr(values[0], "device") else "cpu"
+    read = torch.stack([torch.as_tensor(v, device=device).detach().float().reshape(()) for v in values]).tolist()
+    if loss is None:
+        return None, read[0]
+    return read[0], (read[1] if grad_norm is not None else None)
 
 
 class MonitorCallback(TrainerCallback):
     """Anomaly detection and actions for one trainer, configured by hftrain's `monitor_*` and `overfit_*` fields."""
 
-    def __init__(self, trainer: Any, settings: Any, notifier: Any):
-        self._trainer = weakref.ref(trainer)
+    def __init__(self, host: Any, settings: Any, notifier: Any):
+        self.host = host
         self.s = settings
         self.notifier = notifier
         self.losses = RobustWindow(settings.monitor_window, settings.monitor_min_history)
@@ -116,37 +122,22 @@ class MonitorCallback(TrainerCallback):
         self.stopped = False
         self._consecutive_skips = 0
         self._pending_stop: Optional[str] = None
-        self._grad_norm: Any = None
-        self._loss_seen = 0.0
         self._flagged_in_window = False
         self._active: set[str] = set()  # stall/overfit conditions already reported, re-armed when they clear
         self._train_losses_since_eval: list[float] = []
         self._last_train_loss: Optional[float] = None
         self._evals: list[tuple[float, float]] = []
-        self._accelerator = None
-        self._original_clip = None
 
     # -- wiring --------------------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
-        trainer = self._trainer()
-        accelerator = getattr(trainer, "accelerator", None)
-        if accelerator is not None and self._original_clip is None:
-            self._accelerator, self._original_clip = accelerator, accelerator.clip_grad_norm_
-            original = self._original_clip
-
-            def clip_grad_norm_(*a, **kw):
-                norm = original(*a, **kw)
-                self._grad_norm = norm  # the value transformers already computed; kept, not recomputed
-                return norm
-
-            accelerator.clip_grad_norm_ = clip_grad_norm_
-        self._loss_seen = self._running_loss(trainer) or 0.0
+        attach = getattr(self.host, "attach", None)  # the Trainer adapter starts seeing the gradient norm
+        if attach is not None:
+            attach()
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self._original_clip is not None:
-            # The wrapper is an instance attribute: removing it brings back the class's method.
-            self._accelerator.__dict__.pop("clip_grad_norm_", None)
-            self._original_clip = self._accelerator = None
+        detach = getattr(self.host, "detach", None)
+        if detach is not None:
+            detach()
         last = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         checkpoint = last if os.path.isdir(last) else last_valid_checkpoint(args.output_dir)
         metrics = {k: v for k, v in (("loss", self._last_train_loss),) if v is not None}
@@ -160,27 +151,9 @@ class MonitorCallback(TrainerCallback):
             self.notifier.notify("finish", "finish", f"training finished at step {state.global_step}",
                                  step=state.global_step, metrics=metrics, checkpoint=checkpoint, level="info")
 
-    @staticmethod
-    def _running_loss(trainer: Any) -> Optional[float]:
-        tr_loss = getattr(trainer, "_tr_loss", None)
-        return None if tr_loss is None else float(tr_loss)
-
     # -- per step ------------------------------------------------------------------------------------------------
-    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
-        trainer = self._trainer()
-        grad_norm, self._grad_norm = self._grad_norm, None
-        loss, step_loss = getattr(trainer, "_tr_loss", None), None
-        if (grad_norm is not None and loss is not None and hasattr(grad_norm, "device")
-                and grad_norm.device.type != "cpu"):
-            import torch
-
-            values = torch.stack([grad_norm.detach().float().reshape(()).to(loss.device),
-                                  loss.detach().float().reshape(())]).tolist()  # one device sync for both numbers
-            grad_norm, running = values
-        else:
-            grad_norm, running = _item(grad_norm), _item(loss)
-        if running is not None:
-            step_loss, self._loss_seen = running - self._loss_seen, running
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        step_loss, grad_norm = _read_both(*self.host.step_values())
         step = state.global_step + 1  # the step this update would complete
         findings = self._judge(step_loss, grad_norm)
         if not findings:
@@ -191,12 +164,12 @@ class MonitorCallback(TrainerCallback):
                 self.losses.add(step_loss)
             return
         self._flagged_in_window = True
-        metrics = {"loss": step_loss, "grad_norm": grad_norm, "learning_rate": _lr(optimizer)}
+        metrics = {"loss": step_loss, "grad_norm": grad_norm, "learning_rate": _lr(self.host.optimizer)}
         metrics = {k: v for k, v in metrics.items() if v is not None}
         for kind, action, message in findings:
             self.notifier.notify("anomaly", kind, f"{message}; action: {action}", step=step, metrics=metrics)
         action = max((a for _, a, _ in findings), key=SEVERITY.__getitem__)
-        self._act(action, findings[0][0], optimizer, args, state, step, metrics)
+        self._act(action, findings[0][0], args, state, step, metrics)
 
     def _judge(self, step_loss: Optional[float], grad_norm: Optional[float]) -> list[tuple[str, str, str]]:
         s = self.s
@@ -214,14 +187,14 @@ class MonitorCallback(TrainerCallback):
                                                f"median {window.median():.4g}"))
         return findings
 
-    def _act(self, action: str, kind: str, optimizer: Any, args, state, step: int, metrics: dict) -> None:
+    def _act(self, action: str, kind: str, args, state, step: int, metrics: dict) -> None:
         if action == "skip":
             self._consecutive_skips += 1
             if self._consecutive_skips >= self.s.monitor_max_skips:
                 action = "stop"
                 reason = f"{self._consecutive_skips} consecutive steps skipped (monitor_max_skips)"
             else:
-                _drop_gradients(optimizer)
+                self.host.drop_update()
                 self.skipped_steps.append(step)
                 self.notifier.notify("action", "skip", f"update of step {step} not applied ({kind})", step=step,
                                      metrics=metrics)
@@ -233,7 +206,7 @@ class MonitorCallback(TrainerCallback):
                 reason = ("no complete checkpoint to roll back to" if checkpoint is None
                           else f"{self.rollbacks} rollbacks already (monitor_max_rollbacks)")
             else:
-                _drop_gradients(optimizer)
+                self.host.drop_update()
                 self._rollback(checkpoint)
                 self.rollbacks += 1
                 self.notifier.notify("action", "rollback", f"reloaded {os.path.basename(checkpoint)} after {kind}; "
@@ -242,21 +215,17 @@ class MonitorCallback(TrainerCallback):
                                      step=step, metrics=metrics, checkpoint=checkpoint)
                 return
         if action == "stop":
-            _drop_gradients(optimizer)
+            self.host.drop_update()
             self._pending_stop = locals().get("reason") or kind
             self.skipped_steps.append(step)
 
     def _rollback(self, checkpoint: str) -> None:
-        trainer = self._trainer()
-        scheduler = trainer.lr_scheduler
-        schedule_state = scheduler.state_dict()  # keep the schedule at this step; only weights/moments go back
-        trainer._load_from_checkpoint(checkpoint)
-        trainer._load_optimizer_and_scheduler(checkpoint)
-        scheduler.load_state_dict(schedule_state)
+        self.host.reload_checkpoint(checkpoint)  # weights and optimizer back; the schedule stays at this step
         factor = self.s.monitor_rollback_lr_factor
+        scheduler = self.host.lr_scheduler
         if hasattr(scheduler, "base_lrs"):
             scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
-        for group in trainer.optimizer.param_groups:
+        for group in self.host.optimizer.param_groups:
             group["lr"] *= factor
             if "initial_lr" in group:
                 group["initial_lr"] *= factor
@@ -278,7 +247,6 @@ class MonitorCallback(TrainerCallback):
         logs = logs or {}
         if "loss" not in logs:
             return
-        self._loss_seen = 0.0  # transformers zeroed its running loss sum just before logging it
         loss = logs["loss"]
         step = state.global_step
         if not math.isfinite(loss) and not self._flagged_in_window:
@@ -370,36 +338,21 @@ class MonitorCallback(TrainerCallback):
     def _early_stopping_fired(self) -> bool:
         from transformers import EarlyStoppingCallback
 
-        trainer = self._trainer()
-        for cb in getattr(getattr(trainer, "callback_handler", None), "callbacks", []):
+        for cb in self.host.callbacks:
             if isinstance(cb, EarlyStoppingCallback):
                 return cb.early_stopping_patience_counter >= cb.early_stopping_patience
         return False
 
 
-def monitor_callbacks(trainer: Any, settings: Any) -> list[TrainerCallback]:
-    """The monitor's callbacks for `trainer`, in order: early stopping, monitor, resilience (checkpoint marker and
-    signals). Also gives the trainer its `hftrain_notifier`, which `run_train` uses for failure alerts."""
+def monitor_callbacks(host: Any, settings: Any, notifier: Any) -> list[TrainerCallback]:
+    """The monitor's callbacks for a loop, in order: early stopping, then the monitor (each when asked for)."""
     from transformers import EarlyStoppingCallback
 
-    from .alerts import Notifier
-    from .resilience import ResilienceCallback
-
-    ref = weakref.ref(trainer)
-
-    def trackers() -> list:
-        t = ref()
-        callbacks = getattr(getattr(t, "callback_handler", None), "callbacks", [])
-        return [cb for cb in callbacks if callable(getattr(cb, "log_event", None))]
-
-    notifier = Notifier(trainer.args, settings, trackers)
-    trainer.hftrain_notifier = notifier
     callbacks: list[TrainerCallback] = []
     if settings.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(settings.early_stopping_patience, settings.early_stopping_threshold))
     if settings.monitor:
-        callbacks.append(MonitorCallback(trainer, settings, notifier))
-    callbacks.append(ResilienceCallback(trainer, notifier))
+        callbacks.append(MonitorCallback(host, settings, notifier))
     return callbacks
 
 
@@ -411,11 +364,3 @@ class _StepOnly:
 def _lr(optimizer: Any) -> Optional[float]:
     groups = getattr(optimizer, "param_groups", None)
     return float(groups[0]["lr"]) if groups else None
-
-
-def _drop_gradients(optimizer: Any) -> None:
-    """Set every gradient the optimizer would use to None: torch optimizers then skip those parameters entirely
-    (no weight change, no weight decay, Adam moments and step counts untouched)."""
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            param.grad = None

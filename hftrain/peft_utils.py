@@ -20,26 +20,16 @@ def _cuda_available() -> bool:
 
 
 def check_model_arguments(model_args: Any) -> None:
-    """Refuse LoRA/QLoRA settings that cannot work, before anything loads (QLoRA needs a CUDA GPU)."""
-    if not model_args.lora_r > 0:
-        raise ConfigError(f"lora_r: expected a positive rank, got {model_args.lora_r}")
-    if not 0.0 <= model_args.lora_dropout < 1.0:
-        raise ConfigError(f"lora_dropout: expected a value in [0, 1), got {model_args.lora_dropout}")
-    if model_args.load_in_4bit and model_args.load_in_8bit:
-        raise ConfigError("load_in_4bit and load_in_8bit: choose one of them, not both")
-    quantized = model_args.load_in_4bit or model_args.load_in_8bit
-    if quantized:
+    """Refuse k-bit loading on a machine without a CUDA GPU (bitsandbytes needs one), before anything loads.
+
+    The pure checks of these fields run when `ModelArguments` is built; this one looks at the machine, so it runs
+    in `hftrain.launch.resolve_arguments`."""
+    if (model_args.load_in_4bit or model_args.load_in_8bit) and not _cuda_available():
         flag = "load_in_4bit" if model_args.load_in_4bit else "load_in_8bit"
-        if not _cuda_available():
-            raise ConfigError(f"{flag}: QLoRA/k-bit loading needs a CUDA GPU (bitsandbytes) and none is visible; "
-                              f"drop --{flag} (plain LoRA with --use_peft runs on CPU)")
-        if not model_args.use_peft:
-            raise ConfigError(f"{flag}: quantized weights cannot be trained directly; add --use_peft (QLoRA)")
-        if not model_args.model_name_or_path:
-            raise ConfigError(f"{flag}: needs --model_name_or_path (the embedded default is built in memory and "
-                              "cannot be loaded quantized)")
-    if model_args.merge_adapter and not model_args.use_peft:
-        raise ConfigError("merge_adapter: only meaningful with --use_peft (there is no adapter to merge)")
+        raise ConfigError(
+            f"{flag}: QLoRA/k-bit loading needs a CUDA GPU (bitsandbytes) and none is visible; "
+            f"drop --{flag} (plain LoRA with --use_peft runs on CPU)"
+        )
 
 
 def quantization_config(model_args: Any):

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Callable, Optional, Sequence
 
-from .errors import DataError, HFTrainError, ModelLoadError
+from .errors import DataError, HFTrainError, ModelLoadError, exit_on_user_error
 
 __all__ = [
     "run_main",
@@ -34,11 +34,8 @@ SFT_FORMATS = (("messages",), ("conversations",), ("prompt", "completion"), ("te
 def run_main(main: Callable[[Optional[list[str]]], object]) -> None:
     """Run a recipe's `main()`; an `HFTrainError` becomes one line on stderr and exit status 2, not a traceback.
     After a successful run the process group is destroyed, so no process exits with it still alive."""
-    try:
+    with exit_on_user_error():
         main(None)
-    except HFTrainError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
     end_distributed()
 
 
@@ -200,17 +197,12 @@ def _first_line(exc: Exception) -> str:
 
 # -- resume --------------------------------------------------------------------------------------------------
 def find_resume_checkpoint(training_args, model=None) -> Optional[str]:
-    """The checkpoint to resume from: `resume_from_checkpoint` when set (it must be complete), else the newest
-    complete `checkpoint-N` in `output_dir` when `auto_resume` is on, else None. A checkpoint written with other
-    arguments (batch layout, seeds, model shape) is refused with the differences named, before anything runs."""
-    from .resilience import checked_checkpoint
-    from .validation import validate_output_dir
+    """The checkpoint to resume from (`hftrain.checkpoints.resume_checkpoint`): `resume_from_checkpoint` when set
+    (it must be complete), else the newest complete `checkpoint-N` in `output_dir` when `auto_resume` is on, else
+    None. Pass the model so a checkpoint of another shape is refused before any work."""
+    from .checkpoints import resume_checkpoint
 
-    if training_args.resume_from_checkpoint:
-        return checked_checkpoint(training_args, model, training_args.resume_from_checkpoint)
-    if not getattr(training_args, "auto_resume", True):
-        return None
-    return validate_output_dir(training_args.output_dir, training_args, model)
+    return resume_checkpoint(training_args, model, training_args.resume_from_checkpoint)
 
 
 def train_with_resume(trainer, checkpoint: Optional[str]):
@@ -251,26 +243,34 @@ def greedy_exact_match(model, tokenizer, prompts: Sequence[str], references: Seq
 
 # -- stages shared by every recipe: arguments, start report, LoRA, the end (save, card, push, where) -----------
 def parse_recipe_args(argv: Optional[list[str]], dataclass_types: Sequence, default_config: str) -> tuple:
-    """Parse YAML + command line into `dataclass_types`; with no `--config`, `default_config` is the base."""
-    from .args import HFTrainParser
+    """Parse YAML + command line into `dataclass_types` (with no `--config`, `default_config` is the base), then
+    resolve hftrain's arguments for this machine (`hftrain.launch`: presets, global batch, checks)."""
+    from .config import HFTrainArguments, HFTrainParser
+    from .launch import resolve_arguments
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not any(a == "--config" or a.startswith("--config=") for a in argv):
         argv = ["--config", default_config, *argv]
-    return HFTrainParser(tuple(dataclass_types)).parse_args_and_config(argv)
+    parser = HFTrainParser(tuple(dataclass_types))
+    parsed = parser.parse_args_and_config(argv)
+    return tuple(
+        resolve_arguments(value, parser.explicit_fields) if isinstance(value, HFTrainArguments) else value
+        for value in parsed
+    )
 
 
 def start_run(training_args, model_args=None) -> Optional[dict]:
     """Print the preset's choices and the effective global batch (rank 0); returns the push target, if any,
     with the trainer's own pushes turned off (hftrain pushes once, with its card, at the end)."""
-    from .batching import effective_batch_size, world_size_from_env
     from .hub import prepare_push
+    from .launch import global_batch
+    from .machine import world_size_from_env
 
     if is_main_process():
         for line in getattr(training_args, "hftrain_preset_report", []):
             print(f"[hftrain] {line}")
         world = world_size_from_env()
-        print(f"[hftrain] effective batch size {effective_batch_size(training_args, world)} = "
+        print(f"[hftrain] effective batch size {global_batch(training_args, world)} = "
               f"{training_args.per_device_train_batch_size} per device x {training_args.gradient_accumulation_steps} "
               f"accumulation x {world} process(es)"
               + (f" (global_batch_size={training_args.global_batch_size})" if training_args.global_batch_size else ""))

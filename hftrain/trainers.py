@@ -1,15 +1,21 @@
 """Drop-in trainers: `HFTrainMixin` plus transformers' `Trainer` and `Seq2SeqTrainer`.
 
-The mixin comes first in the MRO, accepts every argument of the parent unchanged (`*args, **kwargs`), and adds
-the callbacks hftrain's settings ask for. TRL's trainers get the same mixin in `hftrain.trl_trainers`.
+The mixin comes first in the MRO, accepts every argument of the parent unchanged (`*args, **kwargs`), resolves
+hftrain's arguments once (`hftrain.launch`) before the parent sees them, and adds the callbacks hftrain's settings
+ask for through the host contract (`hftrain.host`). TRL's trainers get the same mixin in `hftrain.trl_trainers`.
 """
 
 from __future__ import annotations
 
+import inspect
+
 import transformers
 
-from .args import hftrain_settings
 from .callbacks import build_callbacks
+from .config import hftrain_settings
+from .host import host_of
+from .launch import resolve_arguments
+from .validation import check_training_data
 
 __all__ = ["HFTrainMixin", "Trainer", "Seq2SeqTrainer"]
 
@@ -18,27 +24,32 @@ class HFTrainMixin:
     """Adds hftrain's callbacks to any `transformers.Trainer` subclass. Put it first: `class T(HFTrainMixin, X)`."""
 
     def __init__(self, *args, **kwargs):
-        raw_eval_dataset = _eval_dataset_argument(super().__init__, args, kwargs)  # before TRL tokenises it
+        bound = inspect.signature(super().__init__).bind_partial(*args, **kwargs).arguments
+        if bound.get("args") is not None:
+            resolved = resolve_arguments(bound["args"])
+            if resolved is not bound["args"]:
+                args, kwargs = _replace_argument(super().__init__, args, kwargs, "args", resolved)
+        raw_eval_dataset = bound.get("eval_dataset")  # before TRL tokenises it
         super().__init__(*args, **kwargs)
+        check_training_data(self.train_dataset, self.eval_dataset)
         self.hftrain_args = hftrain_settings(self.args)
         self._hftrain_evaluator = _generation_evaluator(self, raw_eval_dataset)
-        for callback in build_callbacks(self):
+        for callback in build_callbacks(host_of(self)):
             self.add_callback(callback)
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         """The parent's `train`, resuming only from complete, matching checkpoints; alerts on failure and ends the
-        process after a graceful SIGTERM/SIGINT checkpoint (callbacks cannot act around `train`: hftrain.resilience)."""
-        from .resilience import run_train
+        process after a graceful SIGTERM/SIGINT checkpoint (callbacks cannot act around `train`: hftrain.signals)."""
+        from .signals import run_train
 
-        return run_train(self, super().train, resume_from_checkpoint, *args, **kwargs)
+        return run_train(host_of(self), super().train, resume_from_checkpoint, *args, **kwargs)
 
     def _get_train_sampler(self, train_dataset=None):
         """The curriculum sampler when `args.curriculum` is set; otherwise the parent's sampler, unchanged."""
-        from .curriculum import sampler_for_trainer
+        from .curriculum import sampler_for_host
 
-        sampler = sampler_for_trainer(self, train_dataset)
+        sampler = sampler_for_host(host_of(self), train_dataset, self.data_collator)
         return super()._get_train_sampler(train_dataset) if sampler is None else sampler
-
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval", **gen_kwargs):
         """The parent's evaluation plus the `eval_metrics` hftrain computes (generation, perplexity, DPO)."""
@@ -62,14 +73,16 @@ class HFTrainMixin:
         return super().log(logs, *args, **kwargs)
 
 
-def _eval_dataset_argument(init, args, kwargs):
-    from .generation_eval import bound_argument
-
-    return bound_argument(init, args, kwargs, "eval_dataset")
+def _replace_argument(init, args: tuple, kwargs: dict, name: str, value) -> tuple[tuple, dict]:
+    """`(args, kwargs)` with argument `name` replaced, wherever the caller passed it (positionally or by name)."""
+    if name in kwargs:
+        return args, {**kwargs, name: value}
+    position = list(inspect.signature(init).parameters).index(name)
+    return args[:position] + (value,) + args[position + 1 :], kwargs
 
 
 def _generation_evaluator(trainer, raw_eval_dataset):
-    if not getattr(trainer.hftrain_args, "eval_metrics", None):
+    if not trainer.hftrain_args.eval_metrics:
         return None
     from .generation_eval import GenerationEvaluator
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
-from monitor_common import InjectingTrainer, make_args, tiny_model, token_rows  # noqa: E402
+from monitor_common import InjectingTrainer, make_args, notifier_of, tiny_model, token_rows  # noqa: E402
 
 from hftrain.alerts import WebhookSender, alert_body  # noqa: E402
 
@@ -59,7 +59,7 @@ def test_anomaly_action_and_finish_alerts_reach_local_server(tmp_path, hook):
                                args=make_args(str(tmp_path / "out"), max_steps=6, save_strategy="steps",
                                               save_steps=6, alert_webhook_url=hook.url, run_name="alert-run"))
     trainer.train()
-    assert trainer.hftrain_notifier.sender.flush(10)
+    assert notifier_of(trainer).sender.flush(10)
     kinds = [(b["event"], b["kind"], b["step"]) for b in hook.bodies]
     assert kinds == [("anomaly", "nonfinite", 3), ("action", "skip", 3), ("finish", "finish", 6)]
     anomaly, _, finish = hook.bodies
@@ -73,7 +73,7 @@ def test_failure_alert_and_the_error_still_propagates(tmp_path, hook):
                                args=make_args(str(tmp_path / "out"), max_steps=6, alert_webhook_url=hook.url))
     with pytest.raises(RuntimeError, match="injected failure"):
         trainer.train()
-    assert trainer.hftrain_notifier.sender.flush(10)
+    assert notifier_of(trainer).sender.flush(10)
     (failure,) = hook.bodies
     assert failure["event"] == "failure" and "RuntimeError: injected failure at step 2" in failure["message"]
 
@@ -88,7 +88,7 @@ def test_hanging_webhook_never_blocks_training_and_retries_are_bounded(tmp_path)
         trainer.train()
         # Training finished although the first request has not been answered (it cannot be: the gate is shut).
         assert not gate.is_set() and trainer.state.global_step == 4
-        sender = trainer.hftrain_notifier.sender
+        sender = notifier_of(trainer).sender
         assert sender.flush(30)
         # Every alert was tried exactly twice (1 + alert_retries), then given up on.
         assert sender.failed == 3 and sender.sent == 0 and len(hook.bodies) == 6

@@ -7,7 +7,7 @@ import pytest
 import transformers
 
 import hftrain
-from hftrain.args import HFTrainArguments, HFTrainParser, ModelArguments, ScriptArguments, hftrain_settings
+from hftrain.config import HFTrainArguments, HFTrainParser, ModelArguments, ScriptArguments, hftrain_settings
 from hftrain.errors import ConfigError
 
 

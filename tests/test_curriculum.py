@@ -151,9 +151,9 @@ def test_trainer_uses_the_sampler_and_logs_the_schedule(tok, text_data, tmp_path
 def test_registered_and_callable_scorers(tok, text_data, tmp_path):
     register_scorer("neg_difficulty", lambda row: -float(row["difficulty"]))
     trainer = _trainer(tok, text_data, tmp_path, curriculum="neg_difficulty")
-    assert trainer._curriculum_scores.tolist() == [-float(d) for d in text_data["difficulty"]]
+    assert curriculum_scores(trainer).tolist() == [-float(d) for d in text_data["difficulty"]]
     trainer = _trainer(tok, text_data, tmp_path, curriculum=lambda row: len(row["input_ids"]) * 1.0)
-    assert trainer._curriculum_scores.tolist() == [len(i) * 1.0 for i in text_data["input_ids"]]
+    assert curriculum_scores(trainer).tolist() == [len(i) * 1.0 for i in text_data["input_ids"]]
 
 
 def test_resume_with_different_curriculum_is_refused(tok, text_data, tmp_path):
@@ -207,7 +207,7 @@ def test_bad_data_fails_when_the_trainer_is_built(tok, text_data, tmp_path):
 
 def test_length_and_loss_scores(tok, text_data, tmp_path):
     trainer = _trainer(tok, text_data, tmp_path, curriculum="length")
-    assert trainer._curriculum_scores.tolist() == [float(len(i)) for i in text_data["input_ids"]]
+    assert curriculum_scores(trainer).tolist() == [float(len(i)) for i in text_data["input_ids"]]
     trainer = _trainer(tok, text_data, tmp_path, curriculum="loss", curriculum_loss_batch_size=7)
     sampler = _find_sampler(trainer.get_train_dataloader())
     scores = sampler.scores
@@ -220,3 +220,10 @@ def test_length_and_loss_scores(tok, text_data, tmp_path):
     assert np.isfinite(scores).all() and len(set(np.round(scores, 5))) > 10
     cached = list((tmp_path / "out").glob("curriculum_scores-*.json"))
     assert len(cached) == 1, "loss scores are cached in output_dir for resume"
+
+
+def curriculum_scores(trainer):
+    """The scores the trainer's curriculum callback holds."""
+    from hftrain.curriculum import CurriculumCallback
+
+    return next(cb.scores for cb in trainer.callback_handler.callbacks if isinstance(cb, CurriculumCallback))

@@ -13,7 +13,7 @@ from monitor_common import (  # noqa: E402
 
 from hftrain.errors import ConfigError  # noqa: E402
 from hftrain.monitor import MonitorCallback, RobustWindow  # noqa: E402
-from hftrain.resilience import checkpoint_problem  # noqa: E402
+from hftrain.checkpoints import checkpoint_problem  # noqa: E402
 
 
 def _train(tmp_path, callbacks=(), eval_dataset=None, **kw):

@@ -3,7 +3,8 @@
 import pytest
 
 from hftrain.errors import ConfigError
-from hftrain.presets import apply_optimization_level, preset_plan
+from hftrain.launch import resolve_arguments
+from hftrain.presets import preset_plan
 
 
 def test_documented_mapping():
@@ -17,7 +18,8 @@ def test_documented_mapping():
 def test_cpu_refuses_gpu_only_choices_and_applies_the_rest():
     from hftrain import SFTConfig
 
-    args = SFTConfig(output_dir="unused", optimization_level="aggressive", report_to="none", use_cpu=True)
+    args = resolve_arguments(SFTConfig(output_dir="unused", optimization_level="aggressive", report_to="none",
+                                       use_cpu=True))
     report = "\n".join(args.hftrain_preset_report)
     assert "bf16 mixed precision: refused (use_cpu is set)" in report
     assert "TF32 matmuls: refused (no CUDA GPU)" in report
@@ -30,30 +32,34 @@ def test_cpu_refuses_gpu_only_choices_and_applies_the_rest():
 def test_values_the_user_set_win():
     from hftrain import SFTConfig
 
-    args = SFTConfig(output_dir="unused", optimization_level="standard", report_to="none", use_cpu=True,
-                     gradient_checkpointing=False, optim="adamw_torch")
+    args = resolve_arguments(SFTConfig(output_dir="unused", optimization_level="standard", report_to="none",
+                                       use_cpu=True, gradient_checkpointing=False, optim="adamw_torch"))
     assert not args.activation_checkpointing and args.optim == "adamw_torch"
     assert any("kept your optim='adamw_torch'" in line for line in args.hftrain_preset_report)
     assert any("activation checkpointing: kept your" in line for line in args.hftrain_preset_report)
 
 
 def test_unknown_level_is_refused():
-    from types import SimpleNamespace
+    from hftrain import SFTConfig
 
     with pytest.raises(ConfigError, match="optimization_level: expected one of light, standard, aggressive"):
-        apply_optimization_level(SimpleNamespace(optimization_level="turbo"))
+        SFTConfig(output_dir="unused", optimization_level="turbo", use_cpu=True)
 
 
 def test_a_field_named_in_the_config_wins_even_at_its_default_value(tmp_path):
     from hftrain import HFTrainParser, SFTConfig
 
+    def parse(argv):
+        parser = HFTrainParser((SFTConfig,))
+        (parsed,) = parser.parse_args_and_config(argv)
+        return resolve_arguments(parsed, parser.explicit_fields)
+
     config = tmp_path / "cfg.yaml"
     config.write_text(f"output_dir: {tmp_path}\noptimization_level: standard\npacking: false\nuse_cpu: true\n")
-    (args,) = HFTrainParser((SFTConfig,)).parse_args_and_config(["--config", str(config), "--no_gradient_checkpointing"])
+    args = parse(["--config", str(config), "--no_gradient_checkpointing"])
     assert args.packing is False  # TRL's default is False too: only the parser knows the user wrote it
     assert any("kept your packing=False" in line for line in args.hftrain_preset_report)
     assert not args.activation_checkpointing
     assert any("activation checkpointing: kept your" in line for line in args.hftrain_preset_report)
-    (unset,) = HFTrainParser((SFTConfig,)).parse_args_and_config(
-        ["--output_dir", str(tmp_path), "--optimization_level", "standard", "--use_cpu", "true"])
+    unset = parse(["--output_dir", str(tmp_path), "--optimization_level", "standard", "--use_cpu", "true"])
     assert unset.packing is True

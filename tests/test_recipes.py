@@ -102,17 +102,17 @@ def test_global_batch_size_sets_accumulation_and_is_logged(sft_main, tmp_path, c
 
 
 def test_global_batch_size_keeps_the_global_batch_on_another_process_count(monkeypatch):
-    from types import SimpleNamespace
 
-    from hftrain.batching import apply_global_batch_size, effective_batch_size
+    from hftrain import TrainingArguments
+    from hftrain.launch import global_batch, resolve_arguments
 
     accumulation = {}
     for world in (1, 2, 4):
         monkeypatch.setenv("WORLD_SIZE", str(world))  # what accelerate launch / torchrun announce
-        args = SimpleNamespace(per_device_train_batch_size=4, gradient_accumulation_steps=1, global_batch_size=32)
-        apply_global_batch_size(args)
+        args = resolve_arguments(TrainingArguments("unused", per_device_train_batch_size=4, global_batch_size=32,
+                                                   use_cpu=True, report_to="none"))
         accumulation[world] = args.gradient_accumulation_steps
-        assert effective_batch_size(args) == 32
+        assert global_batch(args) == 32
     assert accumulation == {1: 8, 2: 4, 4: 2}
 
 
@@ -158,8 +158,8 @@ def test_every_config_parses(name, monkeypatch):
     path = os.path.join(REPO, "recipes", "configs", name)
     # QLoRA configs are refused on CPU at parse time (by design); the rest of the file must still be valid.
     monkeypatch.setattr("hftrain.peft_utils._cuda_available", lambda: "qlora" in name)
-    monkeypatch.setattr("hftrain.presets._cuda", lambda args: False)
-    monkeypatch.setattr("hftrain.presets._bf16_reason", lambda args: "test: no GPU")
+    monkeypatch.setattr("hftrain.presets.cuda_usable", lambda args: False)
+    monkeypatch.setattr("hftrain.presets.bf16_unavailable_reason", lambda args: "test: no GPU")
     types = {"sft": None, "dpo": "DPOScriptArguments", "seq2seq": "Seq2SeqDataArguments", "pretrain": "PretrainArguments"}
     if recipe_name == "sft":
         parsed = module["parse_args"](["--config", path])

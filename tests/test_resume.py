@@ -15,7 +15,7 @@ from monitor_common import InjectingTrainer, make_args, same_weights, tiny_model
 from transformers import TrainerCallback  # noqa: E402
 
 from hftrain.errors import ConfigError  # noqa: E402
-from hftrain.resilience import MARKER, checkpoint_problem, last_valid_checkpoint  # noqa: E402
+from hftrain.checkpoints import MARKER, checkpoint_problem, last_valid_checkpoint  # noqa: E402
 
 SCRIPT = Path(__file__).parent / "scripts" / "monitor_kill_resume.py"
 

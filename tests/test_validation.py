@@ -10,9 +10,8 @@ sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 from monitor_common import TOKENIZER, InjectingTrainer, make_args, tiny_model, token_rows  # noqa: E402
 
 from hftrain.errors import ConfigError, DataError  # noqa: E402
-from hftrain.validation import (  # noqa: E402
-    validate_dataset, validate_finite, validate_generation_metrics, validate_labels, validate_lengths,
-    validate_output_dir, validate_tokenizer)
+from hftrain.checkpoints import resume_checkpoint  # noqa: E402
+from hftrain.validation import validate_dataset, validate_finite, validate_labels  # noqa: E402
 
 
 def test_empty_dataset():
@@ -41,49 +40,24 @@ def test_non_finite_numeric_column():
     validate_finite(Dataset.from_dict({"text": ["a"], "weight": [1.0]}))
 
 
-def test_too_long_without_truncation():
-    data = Dataset.from_dict({"input_ids": [[1] * 5, [1] * 40]})
-    with pytest.raises(DataError, match=r"row 1 has 40 tokens in 'input_ids', more than the model allows \(32\)"):
-        validate_lengths(data, max_length=32)
-    validate_lengths(data, max_length=32, truncation=True)
-
-
-def test_tokenizer_without_pad_token():
-    import copy  # a copy, so the shared tokenizer keeps its pad token
-
-    no_pad = copy.deepcopy(TOKENIZER)
-    no_pad.pad_token = None
-    with pytest.raises(ConfigError, match="processing_class: the tokenizer has no pad token.*pad_token = tokenizer.eos_token"):
-        validate_tokenizer(no_pad)
-    validate_tokenizer(TOKENIZER)
-
-
-def test_generation_metric_on_dataset_without_prompts():
-    with pytest.raises(DataError, match="metric.s. bleu, exact_match generate text from a prompt.*it has text, label"):
-        validate_generation_metrics(["perplexity", "bleu", "exact_match"], {"bleu", "exact_match", "rouge"},
-                                    ["text", "label"])
-    validate_generation_metrics(["bleu"], {"bleu"}, ["prompt", "completion"])
-    validate_generation_metrics(["perplexity"], {"bleu"}, ["text"])
-
-
 def test_output_dir_with_another_runs_checkpoints(tmp_path):
     out = tmp_path / "out"
     InjectingTrainer(model=tiny_model(), train_dataset=token_rows(),
                      args=make_args(str(out), max_steps=2, save_strategy="steps", save_steps=2)).train()
     listing = sorted(p.relative_to(out) for p in out.rglob("*"))
     same = make_args(str(out), max_steps=4)
-    assert validate_output_dir(str(out), same, tiny_model()).endswith("checkpoint-2")
+    assert resume_checkpoint(same, tiny_model()).endswith("checkpoint-2")
     # the same global batch split differently (as on another process count) may resume ...
     regrouped = make_args(str(out), max_steps=4, per_device_train_batch_size=2, gradient_accumulation_steps=2)
-    assert validate_output_dir(str(out), regrouped, tiny_model()).endswith("checkpoint-2")
+    assert resume_checkpoint(regrouped, tiny_model()).endswith("checkpoint-2")
     # ... another global batch may not
     other = make_args(str(out), per_device_train_batch_size=4, gradient_accumulation_steps=2)
-    with pytest.raises(ConfigError, match="holds checkpoint-2 of a run with other arguments .global_batch_size: 4 "
+    with pytest.raises(ConfigError, match="checkpoint-2 belongs to a run with other arguments .global_batch_size: 4 "
                        "in the checkpoint, 8 now"):
-        validate_output_dir(str(out), other, tiny_model())
+        resume_checkpoint(other, tiny_model())
     from hftrain.builtin import build_tiny_causal_lm
 
     with pytest.raises(ConfigError, match="model.hidden_size: 32 in the checkpoint, 64 now"):
-        validate_output_dir(str(out), same, build_tiny_causal_lm(TOKENIZER, hidden_size=64, num_layers=2))
+        resume_checkpoint(same, build_tiny_causal_lm(TOKENIZER, hidden_size=64, num_layers=2))
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == listing  # nothing written
-    assert validate_output_dir(str(tmp_path / "fresh"), same) is None
+    assert resume_checkpoint(make_args(str(tmp_path / "fresh"), max_steps=4)) is None

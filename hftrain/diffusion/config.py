@@ -1,28 +1,101 @@
 """`DiffusionConfig`: hftrain's `TrainingArguments` (transformers' + hftrain's fields) plus the diffusion fields.
 
-`learning_rate`, `per_device_train_batch_size`, `gradient_accumulation_steps`, `max_steps`/`num_train_epochs`,
-`lr_scheduler_type`, warmup, `bf16`/`fp16`, `max_grad_norm`, `logging_steps`, `eval_strategy`/`eval_steps`,
-`save_steps`, `save_total_limit`, `output_dir`, `seed`, `report_to`, `push_to_hub` and `torch_compile` mean what
-they mean in `transformers.Trainer`.
+Every inherited field the loop honours (`HONOURED`) means what it means in `transformers.Trainer`; any other one
+set to a value other than its default is refused at construction with one line naming it, so no setting is silently
+ignored. The diffusion fields are keyword-only: upstream's positional order is kept.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
-from ..args import TrainingArguments
+from transformers.trainer_utils import SchedulerType
+
+from ..config import TrainingArguments
+from ..config.groups import AlertArguments, CurriculumArguments, MonitorArguments, RunArguments, TrackerArguments
 from ..errors import ConfigError
 from .schedules import KARRAS_SAMPLERS, NOISE_SCHEDULES, PREDICTION_TYPES, SAMPLERS
 
-__all__ = ["DiffusionConfig", "UNetArguments"]
+__all__ = ["DiffusionConfig", "HONOURED", "HONOURED_VALUES", "OPTIMIZERS", "UNetArguments"]
 
 
 def _listed(values) -> str:
     return ", ".join(sorted(values))
 
 
-@dataclass
+# Optimizers the loop builds (through `transformers.Trainer.get_optimizer_cls_and_kwargs`, so they mean the same):
+# torch AdamW, fused AdamW (upstream's default) and bitsandbytes' 8-bit AdamW (the `aggressive` preset on a GPU).
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit", "adamw_8bit")
+
+# Inherited fields the loop gives their `Trainer` meaning: in the loop itself, through `DefaultFlowCallback` or the
+# reporting callbacks, or at construction (tf32, the process group: upstream's `__post_init__`). Script flags that
+# `Trainer` ignores too (do_train, resume_from_checkpoint, ...) are read by the recipe or by no one, as upstream.
+_UPSTREAM = (
+    "output_dir", "per_device_train_batch_size", "num_train_epochs", "max_steps", "gradient_accumulation_steps",
+    "learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "optim", "optim_args",
+    "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
+    "bf16", "fp16", "tf32", "activation_checkpointing", "activation_checkpointing_kwargs", "gradient_checkpointing",
+    "gradient_checkpointing_kwargs", "torch_compile", "torch_compile_backend", "torch_compile_mode",
+    "logging_strategy", "logging_steps", "logging_first_step", "logging_nan_inf_filter", "log_level",
+    "log_level_replica", "log_on_each_node", "disable_tqdm", "report_to", "run_name", "project", "trackio_space_id",
+    "trackio_bucket_id", "trackio_static_space_id",
+    "eval_strategy", "eval_steps", "eval_delay", "eval_on_start", "per_device_eval_batch_size",
+    "metric_for_best_model", "greater_is_better",
+    "save_strategy", "save_steps", "save_total_limit", "push_to_hub", "hub_token", "hub_private_repo", "hub_model_id",
+    "resume_from_checkpoint", "ignore_data_skip",
+    "seed", "data_seed", "full_determinism", "use_cpu", "local_rank", "dataloader_drop_last", "dataloader_num_workers",
+    "dataloader_pin_memory", "dataloader_persistent_workers", "dataloader_prefetch_factor",
+    "dataloader_multiprocessing_context", "ddp_find_unused_parameters", "ddp_bucket_cap_mb", "ddp_broadcast_buffers",
+    "ddp_static_graph", "ddp_backend", "ddp_timeout",
+    "do_train", "do_eval", "do_predict",
+)
+# hftrain's features run as callbacks on the loop's contract (`hftrain.host`); the text-generation metrics and the
+# language-model curriculum scorer have nothing to score here.
+_HFTRAIN = tuple(
+    f.name
+    for group in (RunArguments, TrackerArguments, CurriculumArguments, MonitorArguments, AlertArguments)
+    for f in dataclasses.fields(group)
+    if f.name not in ("curriculum_loss_model", "curriculum_loss_batch_size")
+)
+HONOURED = _UPSTREAM + _HFTRAIN
+# Honoured fields with values that need machinery the loop does not have (best-checkpoint saving, metric-driven
+# schedules, other optimizers).
+HONOURED_VALUES = {
+    "optim": OPTIMIZERS,
+    "save_strategy": ("no", "steps", "epoch"),
+    "lr_scheduler_type": tuple(s.value for s in SchedulerType if s.value not in ("reduce_lr_on_plateau", "greedy")),
+}
+
+
+@functools.lru_cache(maxsize=2)
+def _constructed_defaults(use_cpu: bool) -> TrainingArguments:
+    """hftrain's `TrainingArguments` at its defaults as construction leaves them (upstream's `__post_init__` turns
+    e.g. `accelerator_config=None` into an `AcceleratorConfig`): a copy made with `dataclasses.replace` holds those."""
+    return TrainingArguments(output_dir="unused", use_cpu=use_cpu)
+
+
+def _is_default(args: Any, f: dataclasses.Field) -> bool:
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    value = getattr(args, f.name)
+    return value == default or value == getattr(_constructed_defaults(bool(args.use_cpu)), f.name)
+
+
+def refuse_unsupported(args: Any) -> None:
+    """`ConfigError` for the first inherited field the loop does not honour that is set away from its default.
+
+    Runs before upstream's `__post_init__`, which would act on some of them (a DeepSpeed config, FSDP)."""
+    for f in dataclasses.fields(TrainingArguments):
+        value, allowed = getattr(args, f.name), HONOURED_VALUES.get(f.name)
+        if allowed is not None and value not in allowed:
+            raise ConfigError(f"{f.name}: DiffusionTrainer does not support {value!r}; use one of {', '.join(allowed)}")
+        if f.name not in HONOURED and not _is_default(args, f):
+            raise ConfigError(f"{f.name}: DiffusionTrainer does not implement it; remove it (got {value!r})")
+
+
+@dataclass(kw_only=True)
 class DiffusionConfig(TrainingArguments):
     """Training arguments for `DiffusionTrainer`. Every field has a default and help text."""
 
@@ -109,6 +182,10 @@ class DiffusionConfig(TrainingArguments):
             raise ConfigError(f"snr_gamma: expected a positive number or None, got {self.snr_gamma}")
         if self.noise_offset < 0:
             raise ConfigError(f"noise_offset: expected >= 0, got {self.noise_offset}")
+        if self.curriculum == "loss":
+            raise ConfigError("curriculum: the `loss` scorer scores text with a language model; for diffusion use "
+                              "`column` (e.g. curriculum_column=label) or a callable")
+        refuse_unsupported(self)
         super().__post_init__()
 
 

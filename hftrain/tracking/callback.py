@@ -17,6 +17,8 @@ import time
 from typing import Any, Optional
 
 from transformers import TrainerCallback
+
+from ..host import BatchGeometry
 from transformers.trainer_callback import ExportableState
 from transformers.utils import logging
 
@@ -409,8 +411,7 @@ class _Sampler(threading.Thread):
         super().__init__(name="hftrain-tracker-sampler", daemon=True)
         self.tracker, self.state = tracker, state
         self.interval = tracker.system_interval
-        world = max(1, int(getattr(args, "world_size", 1) or 1))
-        self.samples_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * world
+        self.samples_per_step = BatchGeometry.from_args(args).global_batch
         self._stop_event = threading.Event()
         self._last = (time.perf_counter(), state.global_step, state.num_input_tokens_seen or 0)
 

@@ -64,9 +64,6 @@ def main(argv=None, hard_exit: bool = True) -> None:
         curriculum_start=0.25,
         curriculum_full_at=0.75,
     )
-    rank = args.process_index
-    record = os.path.join(opts.out, f"consumed-rank{rank}.jsonl")
-
     class RecordingTrainer(Trainer):
         def training_step(self, model, inputs, num_items_in_batch=None):
             rows = [
@@ -94,6 +91,9 @@ def main(argv=None, hard_exit: bool = True) -> None:
         processing_class=tokenizer,
         callbacks=[KillAfterCheckpoint()],
     )
+    # The trainer's resolved arguments know the process layout (use_cpu under a GPU-less two-process launch).
+    rank = trainer.args.process_index
+    record = os.path.join(opts.out, f"consumed-rank{rank}.jsonl")
     trainer.train(resume_from_checkpoint=True if opts.resume else None)
     if rank == 0:
         with open(os.path.join(opts.out, "log_history.json"), "w", encoding="utf-8") as handle:

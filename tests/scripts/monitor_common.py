@@ -14,7 +14,7 @@ import torch
 from datasets import Dataset
 from transformers import TrainerCallback
 
-from hftrain.args import TrainingArguments
+from hftrain.config import TrainingArguments
 from hftrain.builtin import build_tiny_causal_lm, build_tokenizer
 from hftrain.trainers import Trainer
 
@@ -107,9 +107,16 @@ def all_finite(state_dict: dict) -> bool:
     return all(bool(torch.isfinite(v).all()) for v in state_dict.values() if v.is_floating_point())
 
 
+def notifier_of(trainer):
+    """The run's notifier (held by hftrain's AlertCallback)."""
+    from hftrain.alerts import AlertCallback
+
+    return next(cb.notifier for cb in trainer.callback_handler.callbacks if isinstance(cb, AlertCallback))
+
+
 def events(trainer, kind: Optional[str] = None) -> list:
     """The monitor's alerts, optionally only those of one kind."""
-    return [e for e in trainer.hftrain_notifier.events if kind is None or e["kind"] == kind]
+    return [e for e in notifier_of(trainer).events if kind is None or e["kind"] == kind]
 
 
 def finite(x: float) -> bool:

@@ -21,7 +21,7 @@ from monitor_common import TOKENIZER, env_defaults, same_weights, tiny_model, to
 env_defaults()
 from transformers import TrainerCallback  # noqa: E402
 
-from hftrain.resilience import checkpoint_problem, last_valid_checkpoint  # noqa: E402
+from hftrain.checkpoints import checkpoint_problem, last_valid_checkpoint  # noqa: E402
 
 MAX_STEPS, SAVE_STEPS = 8, 2
 
@@ -45,7 +45,7 @@ def build(kind, output_dir, callbacks=()):
                   seed=0, disable_tqdm=True)
     model = tiny_model()
     if kind == "trainer":
-        from hftrain.args import TrainingArguments
+        from hftrain.config import TrainingArguments
         from hftrain.trainers import Trainer
 
         return Trainer(model=model, args=TrainingArguments(**common), train_dataset=token_rows(),
@@ -53,7 +53,7 @@ def build(kind, output_dir, callbacks=()):
     from hftrain.builtin import arithmetic_splits, preference_splits
 
     if kind == "sft":
-        from hftrain.trl_args import SFTConfig
+        from hftrain.config.trl import SFTConfig
         from hftrain.trl_trainers import SFTTrainer
 
         train, _ = arithmetic_splits(64, 8)
@@ -62,7 +62,7 @@ def build(kind, output_dir, callbacks=()):
                           train_dataset=train, processing_class=TOKENIZER, callbacks=list(callbacks))
     import copy
 
-    from hftrain.trl_args import DPOConfig
+    from hftrain.config.trl import DPOConfig
     from hftrain.trl_trainers import DPOTrainer
 
     train, _ = preference_splits(64, 8)

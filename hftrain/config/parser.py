@@ -1,0 +1,164 @@
+"""`HFTrainParser`: YAML first, then command-line flags; errors name the key.
+
+YAML values become the tokens a user would type, placed before the real command line, so argparse checks their
+types and the command line wins. After parsing, `explicit_fields` names every field the user wrote (even at its
+default value), which `hftrain.launch` needs to let a preset fill only what the user left open.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import sys
+from typing import Any, Optional
+
+import yaml
+from transformers import HfArgumentParser
+
+from ..errors import ConfigError
+
+__all__ = ["HFTrainParser"]
+
+
+class HFTrainParser(HfArgumentParser):
+    """`HfArgumentParser` that reads `--config FILE.yaml` first and lets command-line flags override it.
+
+    YAML values are turned into the same tokens a user would type, placed before the real command line, so
+    argparse checks their types and the command line wins. Errors raise `ConfigError` (one line, naming the key)
+    instead of printing usage and exiting.
+    """
+
+    def __init__(self, dataclass_types, **kwargs):
+        types = list(dataclass_types) if isinstance(dataclass_types, (list, tuple)) else [dataclass_types]
+        self.explicit_fields: frozenset = frozenset()
+        # HfArgumentParser narrows `field.type` in place (`str | list[str]` becomes `str`) on Field objects that
+        # subclasses share, so read the declared types from the class annotations: they say which keys may hold
+        # a list or a mapping in YAML.
+        self._declared_types = {f.name: _declared_type(t, f.name) for t in types for f in dataclasses.fields(t)}
+        super().__init__(types, **kwargs)
+
+    def error(self, message: str):  # argparse calls this for every parse error
+        raise ConfigError(message)
+
+    def _parse_dataclass_field(self, parser, field):
+        # A field several dataclasses share (e.g. `trust_remote_code` in ModelArguments and SFTConfig) gets one
+        # flag; every dataclass that has the field receives its value.
+        if f"--{field.name}" in self._option_string_actions:
+            return
+        super()._parse_dataclass_field(parser, field)
+
+    def parse_args_and_config(self, args: Optional[list[str]] = None) -> tuple:
+        argv = list(sys.argv[1:] if args is None else args)
+        config_path, argv = _pop_config_flag(argv)
+        config_tokens: list[str] = []
+        self._yaml_defaults: set[str] = set()
+        if config_path is not None:
+            config_tokens = self._config_to_tokens(config_path)
+        namespace, remaining = self.parse_known_args(args=config_tokens + argv)
+        if remaining:
+            raise ConfigError(f"unknown command-line argument(s): {' '.join(remaining)}{self._suggest(remaining[0])}")
+        values = vars(namespace)
+        self.explicit_fields = frozenset(self._given_fields(config_tokens + argv) | set(self._yaml_defaults))
+        outputs = []
+        for dtype in self.dataclass_types:
+            keys = {f.name for f in dataclasses.fields(dtype) if f.init}
+            try:
+                outputs.append(dtype(**{k: v for k, v in values.items() if k in keys}))
+            except ConfigError:
+                raise
+            except (ValueError, TypeError) as exc:  # raised by a dataclass __post_init__
+                raise ConfigError(f"{dtype.__name__}: {str(exc).strip().splitlines()[0]}") from exc
+        return tuple(outputs)
+
+    # -- YAML -------------------------------------------------------------------------------------------------
+    def _config_to_tokens(self, path: str) -> list[str]:
+        if not os.path.isfile(path):
+            raise ConfigError(f"--config: no such file: {path}")
+        try:
+            with open(path, encoding="utf-8") as handle:
+                data = yaml.safe_load(handle) or {}
+        except yaml.YAMLError as exc:
+            detail = " ".join(str(exc).split())  # one line: YAML errors span several
+            raise ConfigError(f"--config {path}: not valid YAML ({exc.__class__.__name__}: {detail})") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"--config {path}: expected a mapping of field: value, got {type(data).__name__}")
+        self._yaml_defaults = set()
+        for name, value in (data.pop("env", None) or {}).items():
+            os.environ[str(name)] = str(value)
+        tokens: list[str] = []
+        for key, value in data.items():
+            action = self._option_string_actions.get(f"--{key}")
+            if action is None:
+                raise ConfigError(f"--config {path}: unknown key '{key}'{self._suggest('--' + str(key))}")
+            container = list if isinstance(value, (list, tuple)) else dict if isinstance(value, dict) else None
+            if container is not None and action.nargs not in ("+", "*"):
+                # Fields such as `report_to` (str | list[str]) or `model_init_kwargs` (dict | str) take a list or
+                # a mapping only from YAML: keep the value's type as the parser's default, as TRL's parser does.
+                if container.__name__ not in self._declared_types.get(key, ""):
+                    kind = "a list" if container is list else "a mapping"
+                    raise ConfigError(f"--config {path}: key '{key}' expects a single value, got {kind}: {value!r}")
+                self.set_defaults(**{key: value})
+                self._yaml_defaults.add(key)
+                continue
+            tokens += _value_to_tokens(key, value, path)
+        return tokens
+
+    def _given_fields(self, tokens: list[str]) -> set[str]:
+        """Field names of the flags in `tokens` (`--x`, `--x=1`, `--no_x`)."""
+        given = set()
+        for token in tokens:
+            if not token.startswith("--"):
+                continue
+            action = self._option_string_actions.get(token.split("=", 1)[0])
+            if action is not None:
+                given.add(action.dest)
+        return given
+
+    def _suggest(self, flag: str) -> str:
+        flag = flag.split("=", 1)[0]
+        close = difflib.get_close_matches(flag, list(self._option_string_actions), n=3)
+        return f" (did you mean {', '.join(c.lstrip('-') for c in close)}?)" if close else ""
+
+
+def _declared_type(dtype: type, name: str) -> str:
+    for cls in dtype.__mro__:
+        annotation = vars(cls).get("__annotations__", {}).get(name)
+        if annotation is not None:
+            return str(annotation).lower()
+    return ""
+
+
+def _pop_config_flag(argv: list[str]) -> tuple[Optional[str], list[str]]:
+    rest, path = [], None
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--config":
+            if i + 1 >= len(argv):
+                raise ConfigError("--config: expected a path to a YAML file")
+            path, i = argv[i + 1], i + 2
+            continue
+        if token.startswith("--config="):
+            path = token.split("=", 1)[1]
+        else:
+            rest.append(token)
+        i += 1
+    return path, rest
+
+
+def _value_to_tokens(key: str, value: Any, path: str) -> list[str]:
+    """The command-line tokens equivalent to `key: value` from a YAML file (argparse then checks the type)."""
+    if value is None:
+        return []  # keep the field's default (None for optional fields)
+    if isinstance(value, (list, tuple)):
+        return [f"--{key}", *[_scalar(v, key, path) for v in value]] if value else []
+    return [f"--{key}", _scalar(value, key, path)]
+
+
+def _scalar(value: Any, key: str, path: str) -> str:
+    if isinstance(value, (dict, list)):
+        raise ConfigError(f"--config {path}: key '{key}' holds a nested {type(value).__name__}, expected a scalar")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

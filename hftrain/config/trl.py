@@ -1,0 +1,37 @@
+"""hftrain's versions of TRL's configs: TRL's class plus `HFTrainArguments`, TRL's positional order kept.
+
+Kept apart from `hftrain.config.classes` because importing TRL takes seconds; plain `Trainer` users never pay it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import trl
+from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
+
+from .groups import HFTrainArguments
+
+__all__ = ["DPOConfig", "SFTConfig"]
+
+
+class _TRLConfigMixin:
+    """TRL turns `bf16=None` into True, which transformers then refuses on a machine without bf16 ("Your setup
+    doesn't support bf16/gpu"). hftrain keeps TRL's choice where bf16 can run and falls back to fp32 elsewhere,
+    asking the very probes transformers' own validation runs next (so no probe is added)."""
+
+    def __post_init__(self):
+        self.validate_hftrain()
+        if self.bf16 is None and not self.fp16:
+            self.bf16 = not self.use_cpu and (is_torch_bf16_gpu_available() or is_torch_xla_available())
+        super().__post_init__()
+
+
+@dataclass
+class SFTConfig(_TRLConfigMixin, HFTrainArguments, trl.SFTConfig):
+    """`trl.SFTConfig` plus hftrain's fields (keyword-only). `bf16` defaults to True only where it can run."""
+
+
+@dataclass
+class DPOConfig(_TRLConfigMixin, HFTrainArguments, trl.DPOConfig):
+    """`trl.DPOConfig` plus hftrain's fields (keyword-only). `bf16` defaults to True only where it can run."""
