@@ -6,7 +6,7 @@ runs, after the trainer's own evaluation loop and before its metrics are logged:
 * generation: prompts only, left-padded batches, `max_new_tokens` and decoding settings from `args`, on the first
   `eval_generation_samples` rows; each batch is decoded, fed to the streaming metrics and dropped;
 * perplexity: one forward pass per batch over the whole prepared eval set, summing NLL and target tokens;
-* DPO: TRL's own rewards of each batch (its DPO loss path: `dpo_batch_rewards`), weighted by pairs, for preference
+* DPO: TRL's own rewards of each batch (its DPO loss path, through `hftrain.host.TrainerHost.dpo_batch_rewards`), weighted by pairs, for preference
   accuracy, reward margin and implied KL.
 
 Work is split into fixed batches (batch *i* holds rows `[i*B, (i+1)*B)`) and batch *i* goes to process
@@ -17,7 +17,6 @@ streams of training: it runs inside `torch.random.fork_rng`.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import inspect
 import json
@@ -29,6 +28,7 @@ import torch
 from transformers.utils import logging
 
 from .errors import ConfigError, DataError
+from .host import host_of
 from .metrics import MetricSuite, merge_states, perplexity, token_nll
 
 logger = logging.get_logger(__name__)
@@ -319,7 +319,7 @@ class GenerationEvaluator:
         """
         state = {"pairs": 0, "hits": 0, "rewards": Fraction(0), "margin": Fraction(0)}
         for batch in self._prepared_batches(trainer, dataset):
-            rewards = dpo_batch_rewards(trainer, model, batch)
+            rewards = host_of(trainer).dpo_batch_rewards(model, batch)
             pairs = int(batch["input_ids"].size(0)) // 2  # the collator stacks [chosen; rejected]
             state["pairs"] += pairs
             state["hits"] += round(rewards["accuracies"] * pairs)  # a mean of 0/1 over the batch's pairs
@@ -339,45 +339,3 @@ def _rows(dataset: Any, indices: range) -> list[dict]:
     """Rows `indices` as dicts, read as one slice (row-by-row reads leave reference cycles behind in `datasets`)."""
     columns = dataset[indices.start : indices.stop]
     return [dict(zip(columns, values)) for values in zip(*columns.values())]
-
-
-def dpo_batch_rewards(trainer: Any, model: Any, batch: dict) -> dict[str, float]:
-    """TRL's DPO rewards for one collated batch: the batch means of its `rewards/{chosen,rejected,margins,accuracies}`.
-
-    Host adapter (private TRL API). TRL 1.16 computes the policy and reference log-probs (ld_alpha, precomputed or
-    PEFT-adapter reference, ...) and the rewards only inside the private `DPOTrainer._compute_loss`, which returns
-    the loss and records the rewards' batch means in the private `trainer._metrics`. It is reached here through the
-    public `prediction_step`, as TRL's eval loop does per batch; `_metrics` is swapped out meanwhile so TRL's own eval
-    logs do not see these batches.
-    """
-    saved = trainer._metrics
-    trainer._metrics = {mode: collections.defaultdict(list) for mode in saved}
-    try:
-        with _local_gathers(trainer.accelerator):
-            trainer.prediction_step(model, batch, prediction_loss_only=True)
-        recorded = {key: values for mode in trainer._metrics.values() for key, values in mode.items() if values}
-    finally:
-        trainer._metrics = saved
-    return {name: recorded[f"rewards/{name}"][-1] for name in ("chosen", "rejected", "margins", "accuracies")}
-
-
-@contextlib.contextmanager
-def _local_gathers(accelerator: Any) -> Iterator[None]:
-    """Part of `dpo_batch_rewards`: `accelerator.gather`/`gather_for_metrics` return the local tensor meanwhile.
-
-    `_compute_loss` gathers every batch's metrics over processes, which needs all processes to run same-sized
-    batches in step (TRL's even eval batches). hftrain's fixed batches differ per process (uneven shards, a partial
-    last batch), so a gather there would hang or mix batches; hftrain merges its per-batch sums itself instead.
-    """
-    if accelerator.num_processes <= 1:
-        yield
-        return
-
-    def local(tensor: Any, *args: Any, **kwargs: Any) -> Any:
-        return tensor
-
-    accelerator.gather = accelerator.gather_for_metrics = local
-    try:
-        yield
-    finally:
-        del accelerator.gather, accelerator.gather_for_metrics

@@ -21,9 +21,11 @@ few members (or by being a `transformers.Trainer`) and passing the shared featur
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import weakref
 from dataclasses import dataclass
-from typing import Any, Optional, Protocol, runtime_checkable
+from typing import Any, Iterator, Optional, Protocol, runtime_checkable
 
 __all__ = ["BatchGeometry", "TrainingHost", "TrainerHost", "host_of"]
 
@@ -170,11 +172,54 @@ class TrainerHost:
         trainer._load_optimizer_and_scheduler(folder)
         trainer.lr_scheduler.load_state_dict(schedule)
 
+    # -- TRL's DPO rewards, for hftrain's DPO evaluation metrics (not part of the contract) -------------------------
+    def dpo_batch_rewards(self, model: Any, batch: dict) -> dict[str, float]:
+        """TRL's DPO rewards for one collated batch: the batch means of its `rewards/{chosen,rejected,margins,accuracies}`.
+
+        TRL 1.16 computes the policy and reference log-probs (ld_alpha, precomputed or
+        PEFT-adapter reference, ...) and the rewards only inside the private `DPOTrainer._compute_loss`, which returns
+        the loss and records the rewards' batch means in the private `trainer._metrics`. It is reached here through the
+        public `prediction_step`, as TRL's eval loop does per batch; `_metrics` is swapped out meanwhile so TRL's own eval
+        logs do not see these batches.
+        """
+        trainer = self.trainer
+        saved = trainer._metrics
+        trainer._metrics = {mode: collections.defaultdict(list) for mode in saved}
+        try:
+            with _local_gathers(trainer.accelerator):
+                trainer.prediction_step(model, batch, prediction_loss_only=True)
+            recorded = {key: values for mode in trainer._metrics.values() for key, values in mode.items() if values}
+        finally:
+            trainer._metrics = saved
+        return {name: recorded[f"rewards/{name}"][-1] for name in ("chosen", "rejected", "margins", "accuracies")}
+
     def batch_geometry(self) -> BatchGeometry:
         trainer = self.trainer
         per_device = getattr(trainer, "_train_batch_size", None) or trainer.args.per_device_train_batch_size
         args = trainer.args
         return BatchGeometry(int(per_device), int(args.gradient_accumulation_steps), max(1, int(args.world_size)))
+
+
+@contextlib.contextmanager
+def _local_gathers(accelerator: Any) -> Iterator[None]:
+    """Part of `TrainerHost.dpo_batch_rewards`: `accelerator.gather`/`gather_for_metrics` return the local tensor meanwhile.
+
+    `_compute_loss` gathers every batch's metrics over processes, which needs all processes to run same-sized
+    batches in step (TRL's even eval batches). hftrain's fixed batches differ per process (uneven shards, a partial
+    last batch), so a gather there would hang or mix batches; hftrain merges its per-batch sums itself instead.
+    """
+    if accelerator.num_processes <= 1:
+        yield
+        return
+
+    def local(tensor: Any, *args: Any, **kwargs: Any) -> Any:
+        return tensor
+
+    accelerator.gather = accelerator.gather_for_metrics = local
+    try:
+        yield
+    finally:
+        del accelerator.gather, accelerator.gather_for_metrics
 
 
 def host_of(trainer: Any) -> TrainingHost:

@@ -18,7 +18,7 @@ from transformers import DataCollatorForSeq2Seq
 from hftrain import DPOConfig, DPOTrainer, Seq2SeqTrainer, Seq2SeqTrainingArguments
 from hftrain.builtin import (build_tiny_causal_lm, build_tiny_seq2seq, build_tokenizer, number_spelling_splits,
                              preference_splits)
-from hftrain.generation_eval import dpo_batch_rewards
+from hftrain.host import host_of
 
 TOK = build_tokenizer()
 
@@ -193,7 +193,7 @@ def test_dpo_metrics_weight_pairs_where_trl_averages_batch_means(tmp_path):
     trainer = _dpo_trainer(tmp_path, eval_rows=13)
     metrics = trainer.evaluate()
     prepared = trainer._hftrain_evaluator._prepared_batches(trainer, trainer.eval_dataset)
-    batches = [dpo_batch_rewards(trainer, trainer.model, batch) for batch in prepared]
+    batches = [host_of(trainer).dpo_batch_rewards(trainer.model, batch) for batch in prepared]
     sizes = [4, 4, 4, 1]
     assert metrics["eval_rewards/margins"] == pytest.approx(sum(b["margins"] for b in batches) / 4, rel=1e-6)
     assert metrics["eval_dpo_reward_margin"] == pytest.approx(

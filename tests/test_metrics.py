@@ -136,10 +136,12 @@ def test_user_metrics_by_callable_import_path_and_registry(monkeypatch):
 
 
 def test_unknown_metric_name_fails_at_start_listing_the_names():
-    from hftrain import TrainingArguments
+    from hftrain import TrainingArguments, resolve_arguments
 
+    # names are checked against the registry in the resolution step every recipe and trainer runs before any work
+    args = TrainingArguments(output_dir="unused", eval_metrics=["bleu", "blue"], use_cpu=True, report_to="none")
     with pytest.raises(ConfigError) as error:
-        TrainingArguments(output_dir="unused", eval_metrics=["bleu", "blue"], use_cpu=True, report_to="none")
+        resolve_arguments(args)
     message = str(error.value)
     assert "blue" in message and "eval_metrics" in message
     for name in ("bleu", "chrf", "rougeL", "exact_match", "numeric_match", "perplexity", "sections"):
