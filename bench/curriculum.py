@@ -62,15 +62,17 @@ def run(opts, seed, curriculum):
 
     tokenizer = build_tokenizer()
     train, prompts, answers = build_data(tokenizer, opts.train_size, opts.eval_size)
-    model = build_tiny_causal_lm(tokenizer, hidden_size=opts.hidden, num_layers=opts.layers,
-                                 num_heads=max(1, opts.hidden // 32), seed=seed)
+    model = build_tiny_causal_lm(
+        tokenizer, hidden_size=opts.hidden, num_layers=opts.layers, num_heads=max(1, opts.hidden // 32), seed=seed
+    )
     reached = {}
 
     class StopAtTarget(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step % opts.eval_every == 0:
-                score = greedy_exact_match(kwargs["model"], tokenizer, prompts, answers, batch_size=100,
-                                           max_new_tokens=5)
+                score = greedy_exact_match(
+                    kwargs["model"], tokenizer, prompts, answers, batch_size=100, max_new_tokens=5
+                )
                 if opts.verbose:
                     print(f"  step {state.global_step}: exact match {score:.3f}", flush=True)
                 if score >= opts.target:
@@ -79,18 +81,38 @@ def run(opts, seed, curriculum):
 
     extra = {}
     if curriculum:
-        extra = dict(curriculum=opts.scorer, curriculum_pacing=opts.pacing, curriculum_start=opts.start,
-                     curriculum_full_at=opts.full_at)
+        extra = dict(
+            curriculum=opts.scorer,
+            curriculum_pacing=opts.pacing,
+            curriculum_start=opts.start,
+            curriculum_full_at=opts.full_at,
+        )
     args = TrainingArguments(
         output_dir=os.path.join(opts.workdir, f"{'cur' if curriculum else 'rand'}-{seed}"),
-        max_steps=opts.max_steps, per_device_train_batch_size=opts.batch, learning_rate=opts.lr,
-        lr_scheduler_type="constant_with_warmup", warmup_steps=opts.warmup, weight_decay=0.0,
-        save_strategy="no", report_to="none", logging_steps=10_000, disable_tqdm=True, seed=seed, use_cpu=True,
-        tracker=False, monitor=False,  # measure the data order only
+        max_steps=opts.max_steps,
+        per_device_train_batch_size=opts.batch,
+        learning_rate=opts.lr,
+        lr_scheduler_type="constant_with_warmup",
+        warmup_steps=opts.warmup,
+        weight_decay=0.0,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=10_000,
+        disable_tqdm=True,
+        seed=seed,
+        use_cpu=True,
+        tracker=False,
+        monitor=False,  # measure the data order only
         **extra,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collate(tokenizer),
-                      processing_class=tokenizer, callbacks=[StopAtTarget()])
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        data_collator=collate(tokenizer),
+        processing_class=tokenizer,
+        callbacks=[StopAtTarget()],
+    )
     start = time.perf_counter()
     trainer.train()
     return reached.get("step"), time.perf_counter() - start
@@ -124,11 +146,15 @@ def main(argv=None) -> int:
     from transformers.utils import logging
 
     logging.set_verbosity_error()
-    print(f"task: arithmetic, {opts.train_size} train rows, {opts.eval_size} held out; tiny Llama (hidden {opts.hidden}, "
-          f"{opts.layers} layers); batch {opts.batch}, lr {opts.lr} constant after {opts.warmup} warmup; target exact match "
-          f"{opts.target}, checked every {opts.eval_every} steps, cap {opts.max_steps} steps")
-    print(f"curriculum: scorer={opts.scorer} pacing={opts.pacing} start={opts.start} full_at={opts.full_at} "
-          f"(of {opts.max_steps} steps)")
+    print(
+        f"task: arithmetic, {opts.train_size} train rows, {opts.eval_size} held out; tiny Llama (hidden {opts.hidden}, "
+        f"{opts.layers} layers); batch {opts.batch}, lr {opts.lr} constant after {opts.warmup} warmup; target exact match "
+        f"{opts.target}, checked every {opts.eval_every} steps, cap {opts.max_steps} steps"
+    )
+    print(
+        f"curriculum: scorer={opts.scorer} pacing={opts.pacing} start={opts.start} full_at={opts.full_at} "
+        f"(of {opts.max_steps} steps)"
+    )
     results = {"random": [], "curriculum": []}
     for seed in opts.seeds:
         for arm in ("random", "curriculum"):

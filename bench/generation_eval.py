@@ -40,11 +40,20 @@ def main() -> None:
 
     def timed(batch_size: int) -> tuple[float, dict]:
         args = SFTConfig(
-            output_dir="/tmp/hftrain_bench_generation", use_cpu=True, bf16=False, report_to="none", tracker=False,
-            eval_metrics=["chrf", "rougeL", "exact_match", "numeric_match"], eval_generation_samples=0,
-            eval_generation_batch_size=batch_size, eval_max_new_tokens=options.max_new_tokens, eval_log_samples=0,
+            output_dir="/tmp/hftrain_bench_generation",
+            use_cpu=True,
+            bf16=False,
+            report_to="none",
+            tracker=False,
+            eval_metrics=["chrf", "rougeL", "exact_match", "numeric_match"],
+            eval_generation_samples=0,
+            eval_generation_batch_size=batch_size,
+            eval_max_new_tokens=options.max_new_tokens,
+            eval_log_samples=0,
         )
-        trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation, processing_class=tok)
+        trainer = SFTTrainer(
+            model=model, args=args, train_dataset=train, eval_dataset=evaluation, processing_class=tok
+        )
         evaluator = trainer._hftrain_evaluator
         evaluator.compute(trainer, evaluation.select(range(options.batch)), None, "eval")  # warm-up
         times, values = [], {}
@@ -56,8 +65,10 @@ def main() -> None:
 
     batched_s, batched = timed(options.batch)
     single_s, single = timed(1)
-    print(f"model: tiny Llama hidden={options.hidden}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params; "
-          f"rows={options.rows}, max_new_tokens={options.max_new_tokens}, torch threads={torch.get_num_threads()}")
+    print(
+        f"model: tiny Llama hidden={options.hidden}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params; "
+        f"rows={options.rows}, max_new_tokens={options.max_new_tokens}, torch threads={torch.get_num_threads()}"
+    )
     print(f"one at a time : {single_s:8.2f} s  ({options.rows / single_s:7.1f} prompts/s)  {single}")
     print(f"batched ({options.batch:3d}) : {batched_s:8.2f} s  ({options.rows / batched_s:7.1f} prompts/s)  {batched}")
     print(f"speed-up batched / one-at-a-time: {single_s / batched_s:.1f}x")

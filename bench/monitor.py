@@ -47,8 +47,15 @@ def run(monitor: bool, steps: int, hidden: int, tmp: str) -> float:
 
     timer = StepTimer()
     model = build_tiny_causal_lm(TOKENIZER, hidden_size=hidden, num_layers=2)
-    args = make_args(os.path.join(tmp, str(monitor)), max_steps=steps + timer.warmup, logging_steps=10,
-                     monitor=monitor, learning_rate=1e-3, per_device_train_batch_size=8, tracker=False)
+    args = make_args(
+        os.path.join(tmp, str(monitor)),
+        max_steps=steps + timer.warmup,
+        logging_steps=10,
+        monitor=monitor,
+        learning_rate=1e-3,
+        per_device_train_batch_size=8,
+        tracker=False,
+    )
     Trainer(model=model, args=args, train_dataset=token_rows(256), callbacks=[timer]).train()
     return timer.per_step
 
@@ -68,8 +75,10 @@ def main() -> None:
             off.append(run(False, opts.steps, opts.hidden, tmp))
             on.append(run(True, opts.steps, opts.hidden, tmp))
     t_off, t_on = statistics.median(off), statistics.median(on)
-    print(f"sizes: 2-layer Llama, hidden {opts.hidden}, batch 8 x 12 tokens, {opts.steps} timed steps, "
-          f"{opts.repeats} repeats (median)")
+    print(
+        f"sizes: 2-layer Llama, hidden {opts.hidden}, batch 8 x 12 tokens, {opts.steps} timed steps, "
+        f"{opts.repeats} repeats (median)"
+    )
     print(f"monitor off: {t_off * 1e3:.3f} ms/step   monitor on: {t_on * 1e3:.3f} ms/step")
     print(f"ratio on/off: {t_on / t_off:.4f}  ({(t_on / t_off - 1) * 100:+.2f}% per step)")
 

@@ -44,16 +44,35 @@ class StepTimer(TrainerCallback):
 
 
 def one_run(side: str, workdir: str, steps: int, hidden: int, dataset, tokenizer) -> list[float]:
-    common = dict(output_dir=os.path.join(workdir, side), max_steps=steps, per_device_train_batch_size=16,
-                  learning_rate=1e-3, logging_steps=5, save_strategy="no", report_to="none", bf16=False,
-                  gradient_checkpointing=False, max_length=32, disable_tqdm=True, seed=0)
+    common = dict(
+        output_dir=os.path.join(workdir, side),
+        max_steps=steps,
+        per_device_train_batch_size=16,
+        learning_rate=1e-3,
+        logging_steps=5,
+        save_strategy="no",
+        report_to="none",
+        bf16=False,
+        gradient_checkpointing=False,
+        max_length=32,
+        disable_tqdm=True,
+        seed=0,
+    )
     if side == "trl":
         trainer_cls, args = trl.SFTTrainer, trl.SFTConfig(**common)
     else:  # hftrain's defaults on, the tracker writing to a real database file
-        trainer_cls, args = hftrain.SFTTrainer, hftrain.SFTConfig(tracker_db=os.path.join(workdir, "runs.db"), **common)
+        trainer_cls, args = (
+            hftrain.SFTTrainer,
+            hftrain.SFTConfig(tracker_db=os.path.join(workdir, "runs.db"), **common),
+        )
     timer = StepTimer()
-    trainer = trainer_cls(build_tiny_causal_lm(tokenizer, hidden_size=hidden), args=args, train_dataset=dataset,
-                          processing_class=tokenizer, callbacks=[timer])
+    trainer = trainer_cls(
+        build_tiny_causal_lm(tokenizer, hidden_size=hidden),
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[timer],
+    )
     trainer.train()
     return timer.durations
 
@@ -75,10 +94,14 @@ def main() -> None:
         for index in range(options.runs):
             order = ("trl", "hftrain") if index % 2 == 0 else ("hftrain", "trl")
             for side in order:
-                samples[side] += one_run(side, workdir, options.steps, options.hidden, dataset, tokenizer)[options.warmup:]
+                samples[side] += one_run(side, workdir, options.steps, options.hidden, dataset, tokenizer)[
+                    options.warmup :
+                ]
     trl_median, hf_median = statistics.median(samples["trl"]), statistics.median(samples["hftrain"])
-    print(f"model: tiny Llama hidden={options.hidden}, batch 16, max_length 32; "
-          f"{options.runs} runs x {options.steps - options.warmup} timed steps per side")
+    print(
+        f"model: tiny Llama hidden={options.hidden}, batch 16, max_length 32; "
+        f"{options.runs} runs x {options.steps - options.warmup} timed steps per side"
+    )
     print(f"trl.SFTTrainer     median step {trl_median * 1e3:8.3f} ms")
     print(f"hftrain.SFTTrainer median step {hf_median * 1e3:8.3f} ms  (defaults on: {describe_defaults()})")
     print(f"ratio hftrain/trl = {hf_median / trl_median:.4f}  (target <= 1.02)")

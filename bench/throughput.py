@@ -24,10 +24,25 @@ def build_model(tiny: bool):
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=512) if tiny else \
-        dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-             num_key_value_heads=2, vocab_size=151936)
+    shape = (
+        dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=512,
+        )
+        if tiny
+        else dict(
+            hidden_size=896,
+            intermediate_size=4864,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            vocab_size=151936,
+        )
+    )
     torch.manual_seed(0)
     return Qwen2ForCausalLM(Qwen2Config(max_position_embeddings=4096, tie_word_embeddings=True, **shape))
 
@@ -56,10 +71,22 @@ def run(trainer_cls, config_cls, model, data, tokenizer, args, output_dir):
 
     clock = Clock()
     gpu = torch.cuda.is_available()
-    config = config_cls(output_dir=output_dir, max_steps=args.warmup + args.steps, per_device_train_batch_size=args.batch,
-                        learning_rate=1e-5, logging_steps=10_000, save_strategy="no", report_to="none",
-                        bf16=gpu, use_cpu=not gpu, gradient_checkpointing=args.checkpointing, max_length=args.length,
-                        disable_tqdm=True, dataloader_num_workers=0, **({"tracker": False} if config_cls.__module__.startswith("hftrain") else {}))
+    config = config_cls(
+        output_dir=output_dir,
+        max_steps=args.warmup + args.steps,
+        per_device_train_batch_size=args.batch,
+        learning_rate=1e-5,
+        logging_steps=10_000,
+        save_strategy="no",
+        report_to="none",
+        bf16=gpu,
+        use_cpu=not gpu,
+        gradient_checkpointing=args.checkpointing,
+        max_length=args.length,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        **({"tracker": False} if config_cls.__module__.startswith("hftrain") else {}),
+    )
     trainer = trainer_cls(model=model, args=config, train_dataset=data, processing_class=tokenizer, callbacks=[clock])
     trainer.train()
     if gpu:
@@ -95,11 +122,16 @@ def main():
     peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in device), None)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, trainer_cls, config_cls in (("trl", trl.SFTTrainer, trl.SFTConfig), ("hftrain", SFTTrainer, SFTConfig)):
+        for name, trainer_cls, config_cls in (
+            ("trl", trl.SFTTrainer, trl.SFTConfig),
+            ("hftrain", SFTTrainer, SFTConfig),
+        ):
             model.load_state_dict(state)  # same starting weights for both
             results[name] = run(trainer_cls, config_cls, model, data, tokenizer, args, os.path.join(tmp, name))
-    print(f"device: {device}; model: Qwen2 {params / 1e6:.1f}M parameters; batch {args.batch} x {args.length} tokens; "
-          f"{args.steps} measured steps after {args.warmup}")
+    print(
+        f"device: {device}; model: Qwen2 {params / 1e6:.1f}M parameters; batch {args.batch} x {args.length} tokens; "
+        f"{args.steps} measured steps after {args.warmup}"
+    )
     for name, tps in results.items():
         mfu = f", MFU {6 * params * tps / (peak * 1e12):.1%} of {peak:.0f} TFLOPS" if peak else ""
         print(f"{name:8s} {tps:12,.0f} tokens/s{mfu}")

@@ -50,8 +50,9 @@ class Ours:
 
         self.db = os.path.join(folder, "hftrain.db")
         self.callback = TrackerCallback(db_path=self.db, experiment="bench", system_interval=0)
-        self.args = TrainingArguments(output_dir=os.path.join(folder, "out"), report_to="none", use_cpu=True,
-                                      run_name="bench-0")
+        self.args = TrainingArguments(
+            output_dir=os.path.join(folder, "out"), report_to="none", use_cpu=True, run_name="bench-0"
+        )
         self.state, self.control = TrainerState(), TrainerControl()
         self.callback.on_train_begin(self.args, self.state, self.control)
         self.store = self.callback._store
@@ -82,8 +83,10 @@ class Raw:
         self.conn = sqlite3.connect(os.path.join(folder, "raw.db"), isolation_level=None)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.execute("CREATE TABLE m(run_id INTEGER, key_id INTEGER, step INTEGER, value REAL, wall_time REAL, "
-                          "PRIMARY KEY(run_id, step, key_id)) WITHOUT ROWID")
+        self.conn.execute(
+            "CREATE TABLE m(run_id INTEGER, key_id INTEGER, step INTEGER, value REAL, wall_time REAL, "
+            "PRIMARY KEY(run_id, step, key_id)) WITHOUT ROWID"
+        )
 
     def flush(self) -> None:
         pass
@@ -91,9 +94,11 @@ class Raw:
     def write(self, step: int, logs: dict[str, float]) -> None:
         now = time.time()
         self.conn.execute("BEGIN IMMEDIATE")
-        self.conn.executemany("INSERT INTO m VALUES(?, ?, ?, ?, ?)",
-                              [(1, k, step, v, now) for k, v in enumerate(logs.values())])
+        self.conn.executemany(
+            "INSERT INTO m VALUES(?, ?, ?, ?, ?)", [(1, k, step, v, now) for k, v in enumerate(logs.values())]
+        )
         self.conn.execute("COMMIT")
+
 
 class MLflow:
     """`MlflowClient.log_batch` with one batch per step on a `sqlite:///` store (schema creation not timed)."""
@@ -138,9 +143,17 @@ def bench_writes(folder: str, steps: int, keys: int, mlflow_steps: int, rounds: 
             seconds[name] += time.perf_counter() - start
             cpu[name] += time.process_time() - start_cpu
             done[name] = upto
-    return {name: {"steps": counts[name], "write_s": seconds[name], "per_step_s": seconds[name] / counts[name],
-                   "per_value_s": seconds[name] / (counts[name] * keys),
-                   "cpu_per_value_s": cpu[name] / (counts[name] * keys), "writer": writers[name]} for name in writers}
+    return {
+        name: {
+            "steps": counts[name],
+            "write_s": seconds[name],
+            "per_step_s": seconds[name] / counts[name],
+            "per_value_s": seconds[name] / (counts[name] * keys),
+            "cpu_per_value_s": cpu[name] / (counts[name] * keys),
+            "writer": writers[name],
+        }
+        for name in writers
+    }
 
 
 def _time_curves(db: str, run_id: int, keys: list[str], repeats: int = 7) -> tuple[float, float, list]:
@@ -185,9 +198,16 @@ def bench_reads(ours: Ours, keys: int, steps: int, runs: int) -> dict[str, float
             board_times.append(time.perf_counter() - start)
     assert len(board) == runs and all(row["min_step"] is not None for row in board)
     ours.store.close()
-    return {"curves_s": packed_s, "curves_cpu_s": packed_cpu, "live_curves_s": live_s, "live_curves_cpu_s": live_cpu,
-            "finish_s": finish_s, "curve_points": sum(len(c) for c in packed),
-            "board_s": statistics.median(board_times), "db_mb": os.path.getsize(ours.db) / 2**20}
+    return {
+        "curves_s": packed_s,
+        "curves_cpu_s": packed_cpu,
+        "live_curves_s": live_s,
+        "live_curves_cpu_s": live_cpu,
+        "finish_s": finish_s,
+        "curve_points": sum(len(c) for c in packed),
+        "board_s": statistics.median(board_times),
+        "db_mb": os.path.getsize(ours.db) / 2**20,
+    }
 
 
 def bench_mlflow_reads(mlflow: MLflow, keys: int, steps: int) -> float:
@@ -226,39 +246,63 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="hftrain-bench-") as folder:
         writes = bench_writes(folder, opts.steps, opts.keys, opts.mlflow_steps)
         reads = bench_reads(writes["ours"]["writer"], opts.keys, opts.steps, opts.runs)
-        mlflow_curves_s = None if opts.skip_mlflow_reads else bench_mlflow_reads(writes["mlflow"]["writer"], opts.keys,
-                                                                                  opts.steps)
+        mlflow_curves_s = (
+            None if opts.skip_mlflow_reads else bench_mlflow_reads(writes["mlflow"]["writer"], opts.keys, opts.steps)
+        )
     ours, raw, theirs = writes["ours"], writes["raw"], writes["mlflow"]
     ratio = theirs["per_step_s"] / ours["per_step_s"]
     thread_per_step = ours["writer"].thread_s / ours["steps"]
-    print(f"writes: {opts.keys} keys per step, one transaction per step; the three writers interleaved in 10 rounds, "
-          "each round timed until its last write is committed")
-    print(f"  hftrain TrackerCallback.on_log: {ours['steps']} steps committed in {ours['write_s']:.3f} s = "
-          f"{ours['per_step_s'] * us:.1f} us/step, {ours['per_value_s'] * us:.2f} us/value (target < 20); "
-          f"CPU time {ours['cpu_per_value_s'] * us:.2f} us/value (both threads)")
-    print(f"    of which the training thread spent {thread_per_step * us:.1f} us/step in on_log "
-          f"({thread_per_step / opts.keys * us:.2f} us/value); the writer thread commits in the background")
-    print(f"  bare sqlite3 reference (same layout and pragmas, default autocheckpoint, no summary, no heartbeat, "
-          f"no callback, no thread): {raw['per_step_s'] * us:.1f} us/step, {raw['per_value_s'] * us:.2f} us/value "
-          f"(CPU {raw['cpu_per_value_s'] * us:.2f}); hftrain = {ours['per_step_s'] / raw['per_step_s']:.2f}x it")
-    print(f"  MLflow log_batch per step: {theirs['steps']} steps (fewer, to bound its time) in {theirs['write_s']:.3f} s"
-          f" = {theirs['per_step_s'] * us:.1f} us/step, {theirs['per_value_s'] * us:.1f} us/value")
-    print(f"  ratio per committed step: hftrain is {ratio:.0f}x faster than MLflow (target >= 50x); "
-          f"per step of training-thread time: {theirs['per_step_s'] / thread_per_step:.0f}x")
+    print(
+        f"writes: {opts.keys} keys per step, one transaction per step; the three writers interleaved in 10 rounds, "
+        "each round timed until its last write is committed"
+    )
+    print(
+        f"  hftrain TrackerCallback.on_log: {ours['steps']} steps committed in {ours['write_s']:.3f} s = "
+        f"{ours['per_step_s'] * us:.1f} us/step, {ours['per_value_s'] * us:.2f} us/value (target < 20); "
+        f"CPU time {ours['cpu_per_value_s'] * us:.2f} us/value (both threads)"
+    )
+    print(
+        f"    of which the training thread spent {thread_per_step * us:.1f} us/step in on_log "
+        f"({thread_per_step / opts.keys * us:.2f} us/value); the writer thread commits in the background"
+    )
+    print(
+        f"  bare sqlite3 reference (same layout and pragmas, default autocheckpoint, no summary, no heartbeat, "
+        f"no callback, no thread): {raw['per_step_s'] * us:.1f} us/step, {raw['per_value_s'] * us:.2f} us/value "
+        f"(CPU {raw['cpu_per_value_s'] * us:.2f}); hftrain = {ours['per_step_s'] / raw['per_step_s']:.2f}x it"
+    )
+    print(
+        f"  MLflow log_batch per step: {theirs['steps']} steps (fewer, to bound its time) in {theirs['write_s']:.3f} s"
+        f" = {theirs['per_step_s'] * us:.1f} us/step, {theirs['per_value_s'] * us:.1f} us/value"
+    )
+    print(
+        f"  ratio per committed step: hftrain is {ratio:.0f}x faster than MLflow (target >= 50x); "
+        f"per step of training-thread time: {theirs['per_step_s'] / thread_per_step:.0f}x"
+    )
     print(f"reads (median of 7; database {reads['db_mb']:.1f} MB)")
-    line = (f"  five full curves, {reads['curve_points']} points, finished run: hftrain {reads['curves_s'] * 1e3:.2f} ms "
-            f"(target < 10; CPU time {reads['curves_cpu_s'] * 1e3:.2f} ms)")
+    line = (
+        f"  five full curves, {reads['curve_points']} points, finished run: hftrain {reads['curves_s'] * 1e3:.2f} ms "
+        f"(target < 10; CPU time {reads['curves_cpu_s'] * 1e3:.2f} ms)"
+    )
     if mlflow_curves_s is not None:
-        line += (f", MLflow get_metric_history {mlflow_curves_s * 1e3:.1f} ms, "
-                 f"ratio {mlflow_curves_s / reads['curves_s']:.0f}x")
+        line += (
+            f", MLflow get_metric_history {mlflow_curves_s * 1e3:.1f} ms, "
+            f"ratio {mlflow_curves_s / reads['curves_s']:.0f}x"
+        )
     print(line)
-    print(f"  the same five curves while the run was live (packed every 1,000 logs, the newest points rows): "
-          f"{reads['live_curves_s'] * 1e3:.2f} ms; on_train_end (drain the writer, pack the curves): "
-          f"{reads['finish_s'] * 1e3:.0f} ms")
-    print(f"  leaderboard of one metric over {opts.runs} runs (last/min/max and their steps): "
-          f"{reads['board_s'] * 1e3:.3f} ms")
-    met = {"write ratio >= 50x": ratio >= 50, "< 20 us/value": ours["per_value_s"] < 20e-6,
-           "five curves < 10 ms": reads["curves_s"] < 0.01}
+    print(
+        f"  the same five curves while the run was live (packed every 1,000 logs, the newest points rows): "
+        f"{reads['live_curves_s'] * 1e3:.2f} ms; on_train_end (drain the writer, pack the curves): "
+        f"{reads['finish_s'] * 1e3:.0f} ms"
+    )
+    print(
+        f"  leaderboard of one metric over {opts.runs} runs (last/min/max and their steps): "
+        f"{reads['board_s'] * 1e3:.3f} ms"
+    )
+    met = {
+        "write ratio >= 50x": ratio >= 50,
+        "< 20 us/value": ours["per_value_s"] < 20e-6,
+        "five curves < 10 ms": reads["curves_s"] < 0.01,
+    }
     print("targets: " + ", ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in met.items()))
     try:
         print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")

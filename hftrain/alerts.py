@@ -27,8 +27,13 @@ logger = logging.get_logger(__name__)
 __all__ = ["WebhookSender", "Notifier", "alert_body", "ENV_WEBHOOK_URL"]
 
 ENV_WEBHOOK_URL = "HFTRAIN_ALERT_WEBHOOK_URL"
-_ICONS = {"anomaly": ":warning:", "action": ":rotating_light:", "stop": ":octagonal_sign:", "finish": ":white_check_mark:",
-          "failure": ":x:"}
+_ICONS = {
+    "anomaly": ":warning:",
+    "action": ":rotating_light:",
+    "stop": ":octagonal_sign:",
+    "finish": ":white_check_mark:",
+    "failure": ":x:",
+}
 
 
 def _format_for(url: str, fmt: str) -> str:
@@ -78,8 +83,15 @@ def alert_body(alert: dict[str, Any], fmt: str) -> dict[str, Any]:
 class WebhookSender:
     """Posts alert bodies to one URL from a daemon thread: `send` never blocks, a dead endpoint costs nothing."""
 
-    def __init__(self, url: str, fmt: str = "auto", timeout: float = 5.0, retries: int = 2, max_queue: int = 100,
-                 backoff: float = 0.5):
+    def __init__(
+        self,
+        url: str,
+        fmt: str = "auto",
+        timeout: float = 5.0,
+        retries: int = 2,
+        max_queue: int = 100,
+        backoff: float = 0.5,
+    ):
         self.url, self.format = url, _format_for(url, fmt)
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.sent = 0
@@ -121,8 +133,12 @@ class WebhookSender:
     def _post(self, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode("utf-8")
         for attempt in range(self.retries + 1):
-            request = urllib.request.Request(self.url, data=data, method="POST",
-                                             headers={"Content-Type": "application/json", "User-Agent": "hftrain"})
+            request = urllib.request.Request(
+                self.url,
+                data=data,
+                method="POST",
+                headers={"Content-Type": "application/json", "User-Agent": "hftrain"},
+            )
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
                     response.read()
@@ -145,17 +161,37 @@ class Notifier:
         self.run_name = getattr(args, "run_name", None) or os.path.basename(os.path.normpath(args.output_dir or "run"))
         self.is_main = bool(getattr(args, "process_index", 0) == 0)
         url = settings.alert_webhook_url or os.environ.get(ENV_WEBHOOK_URL) or None
-        self.sender = (WebhookSender(url, settings.alert_format, settings.alert_timeout, settings.alert_retries)
-                       if url and self.is_main else None)
+        self.sender = (
+            WebhookSender(url, settings.alert_format, settings.alert_timeout, settings.alert_retries)
+            if url and self.is_main
+            else None
+        )
         self.events: list[dict[str, Any]] = []
         self._tracker_lookup = tracker_lookup or (lambda: [])
 
-    def notify(self, event: str, kind: str, message: str, *, step: int, metrics: Optional[dict] = None,
-               checkpoint: Optional[str] = None, level: str = "warning") -> dict[str, Any]:
+    def notify(
+        self,
+        event: str,
+        kind: str,
+        message: str,
+        *,
+        step: int,
+        metrics: Optional[dict] = None,
+        checkpoint: Optional[str] = None,
+        level: str = "warning",
+    ) -> dict[str, Any]:
         """Report `kind` (e.g. `nonfinite`, `rollback`, `finish`) of category `event` (anomaly, action, stop,
         finish, failure) to the log, the tracker and the webhook; returns the alert dict."""
-        alert = {"event": event, "kind": kind, "run_name": self.run_name, "step": int(step), "message": message,
-                 "metrics": dict(metrics or {}), "checkpoint": checkpoint, "time": time.time()}
+        alert = {
+            "event": event,
+            "kind": kind,
+            "run_name": self.run_name,
+            "step": int(step),
+            "message": message,
+            "metrics": dict(metrics or {}),
+            "checkpoint": checkpoint,
+            "time": time.time(),
+        }
         self.events.append(alert)
         getattr(logger, level)(_summary(alert))
         self._record(alert)
@@ -187,6 +223,11 @@ class AlertCallback(TrainerCallback):
     def on_train_error(self, host: Any, exc: BaseException) -> None:
         from .checkpoints import last_valid_checkpoint
 
-        self.notifier.notify("failure", "failure", f"training failed: {exc.__class__.__name__}: {exc}",
-                             step=host.state.global_step, checkpoint=last_valid_checkpoint(host.args.output_dir),
-                             level="error")
+        self.notifier.notify(
+            "failure",
+            "failure",
+            f"training failed: {exc.__class__.__name__}: {exc}",
+            step=host.state.global_step,
+            checkpoint=last_valid_checkpoint(host.args.output_dir),
+            level="error",
+        )

@@ -15,7 +15,7 @@ import os
 import re
 import struct
 import zipfile
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from transformers import TrainerCallback
 from transformers.utils import logging
@@ -38,8 +38,14 @@ __all__ = [
 
 MARKER = "hftrain_checkpoint.json"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
-            "adapter_model.safetensors", "adapter_model.bin")
+_WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+)
 # What each layout needs besides trainer_state.json (the diffusion loop writes it last, as Trainer does).
 _DIFFUSION_PARTS = ("unet", "optimizer.pt", "scheduler.pt")
 # Arguments that decide which sample lands in which step, and model shapes: a checkpoint written with other values
@@ -47,9 +53,21 @@ _DIFFUSION_PARTS = ("unet", "optimizer.pt", "scheduler.pt")
 # not its factors: resuming on another process count with gradient accumulation adjusted to keep the same global
 # batch is allowed (see `global_batch_size`).
 _SIGNATURE_ARGS = ("seed", "data_seed", "train_sampling_strategy")
-_SIGNATURE_CONFIG = ("model_type", "vocab_size", "hidden_size", "d_model", "num_hidden_layers", "num_layers",
-                     "num_attention_heads", "num_heads", "intermediate_size", "d_ff", "sample_size", "in_channels",
-                     "block_out_channels")
+_SIGNATURE_CONFIG = (
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "d_model",
+    "num_hidden_layers",
+    "num_layers",
+    "num_attention_heads",
+    "num_heads",
+    "intermediate_size",
+    "d_ff",
+    "sample_size",
+    "in_channels",
+    "block_out_channels",
+)
 
 
 # -- completeness ------------------------------------------------------------------------------------------------
@@ -164,13 +182,13 @@ def last_valid_checkpoint(output_dir: str, max_step: Optional[int] = None) -> Op
     return None
 
 
-
 # -- run signatures ----------------------------------------------------------------------------------------------
 def run_signature(args: Any, model: Any = None) -> dict[str, Any]:
     """The values a checkpoint must share with a run to be resumed by it (global batch, seeds, model shape)."""
     signature = {k: getattr(args, k, None) for k in _SIGNATURE_ARGS}
-    signature = {k: (str(v) if v is not None and not isinstance(v, (int, float, bool)) else v)
-                 for k, v in signature.items()}
+    signature = {
+        k: (str(v) if v is not None and not isinstance(v, (int, float, bool)) else v) for k, v in signature.items()
+    }
     signature["global_batch_size"] = BatchGeometry.from_args(args).global_batch
     config = getattr(model, "config", None)
     for key in _SIGNATURE_CONFIG if config is not None else ():
@@ -196,9 +214,11 @@ def saved_signature(checkpoint: str) -> dict[str, Any]:
 
 def signature_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """`key: saved -> current` for every key both signatures have and that differs."""
-    return [f"{k}: {saved[k]!r} in the checkpoint, {current[k]!r} now"
-            for k in sorted(set(saved) & set(current)) if saved[k] != current[k]]
-
+    return [
+        f"{k}: {saved[k]!r} in the checkpoint, {current[k]!r} now"
+        for k in sorted(set(saved) & set(current))
+        if saved[k] != current[k]
+    ]
 
 
 # -- the resume policy -------------------------------------------------------------------------------------------

@@ -57,15 +57,14 @@ def _add_push_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from .errors import HFTrainError
+    from .errors import HFTrainError, report_user_error
     from .hub import push_results  # lazy: only this subcommand imports huggingface_hub
 
     try:
         print(f"pushed to {push_results(args.output_dir, args.repo_id, args.token, args.private)}")
         return 0
     except HFTrainError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return report_user_error(exc)
 
 
 def _env() -> int:

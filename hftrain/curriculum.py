@@ -400,8 +400,9 @@ def loss_scores(host: Any, train_dataset: Any, collate_fn: Any) -> np.ndarray:
     model = model.to(args.device)
     rank, world = args.process_index, args.world_size
     rows = list(range(rank, len(train_dataset), world))
-    loader = DataLoader(Subset(train_dataset, rows), batch_size=s.curriculum_loss_batch_size,
-                        collate_fn=collate_fn, shuffle=False)
+    loader = DataLoader(
+        Subset(train_dataset, rows), batch_size=s.curriculum_loss_batch_size, collate_fn=collate_fn, shuffle=False
+    )
     was_training = model.training
     model.eval()
     local = []
@@ -482,12 +483,16 @@ class CurriculumCallback(TrainerCallback, ExportableState):
         saved = (stored or {}).get("args", {}).get("fingerprint")
         if saved is not None and state.global_step > 0:
             current = json.loads(json.dumps(sampler.fingerprint))  # the JSON round trip the checkpoint went through
-            diff = [f"{k}: checkpoint {saved.get(k)!r}, now {current.get(k)!r}"
-                    for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+            diff = [
+                f"{k}: checkpoint {saved.get(k)!r}, now {current.get(k)!r}"
+                for k in sorted(set(saved) | set(current))
+                if saved.get(k) != current.get(k)
+            ]
             if diff:
                 raise ConfigError(
                     "curriculum: cannot resume, the checkpoint was trained with a different curriculum ("
-                    + "; ".join(diff) + "). Resume with the same settings and data, or start a new output_dir"
+                    + "; ".join(diff)
+                    + "). Resume with the same settings and data, or start a new output_dir"
                 )
         self.fingerprint = sampler.fingerprint
         self._last_logged = state.global_step
@@ -604,14 +609,20 @@ def sampler_for_host(host: Any, pruned: Any = None, collate_fn: Any = None) -> O
     if callback.scores is None:
         callback.scores = loss_scores(host, pruned if pruned is not None else host.train_rows, collate_fn)
     geometry = host.batch_geometry()
-    sampler = sampler_for_geometry(host.train_rows, host.args, callback.scores, per_device_batch=geometry.per_device,
-                                   world_size=geometry.processes)
+    sampler = sampler_for_geometry(
+        host.train_rows,
+        host.args,
+        callback.scores,
+        per_device_batch=geometry.per_device,
+        world_size=geometry.processes,
+    )
     callback.attach(sampler)
     return sampler
 
 
-def sampler_for_geometry(dataset: Any, args: Any, scores: Any, *, per_device_batch: int, world_size: int
-                         ) -> CurriculumSampler:
+def sampler_for_geometry(
+    dataset: Any, args: Any, scores: Any, *, per_device_batch: int, world_size: int
+) -> CurriculumSampler:
     """The curriculum sampler for a loop that draws `per_device_batch` rows per process and micro-batch on
     `world_size` processes (with `args.gradient_accumulation_steps`, `max_steps`/`num_train_epochs` and
     `dataloader_drop_last` as in Trainer). Used by `HFTrainMixin` and by the diffusion loop."""

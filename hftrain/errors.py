@@ -25,12 +25,21 @@ class TrackerError(HFTrainError, ValueError):
     """A tracker database that is not an hftrain run store (corrupt, foreign, newer), or a run that does not exist."""
 
 
+USER_ERROR_STATUS = 2
+
+
+def report_user_error(exc: HFTrainError) -> int:
+    """The command-line boundary for a user's error: one `error: ...` line on stderr; returns the exit status (2).
+    Every entry point (recipes, `hftrain runs`, `hftrain tune`, `hftrain push`) ends an `HFTrainError` this way."""
+    print(f"error: {exc}", file=sys.stderr)
+    return USER_ERROR_STATUS
+
+
 @contextlib.contextmanager
 def exit_on_user_error() -> Iterator[None]:
-    """Run a command-line entry point: an `HFTrainError` becomes one `error: ...` line on stderr and exit status 2,
-    never a traceback. Every entry point (recipes, `hftrain runs`, `hftrain tune`, `hftrain push`) uses this."""
+    """Run a script's entry point: an `HFTrainError` becomes `report_user_error`'s line and exit status 2, never a
+    traceback."""
     try:
         yield
     except HFTrainError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(report_user_error(exc))

@@ -116,8 +116,10 @@ class GenerationEvaluator:
         self.want_dpo = "dpo" in names
         self.is_dpo = hasattr(trainer, "ref_model") and hasattr(trainer, "compute_ref_log_probs")
         if self.want_perplexity and self.is_dpo:
-            raise ConfigError("eval_metrics: 'perplexity' is not available for DPOTrainer (its loss is not an NLL); "
-                              "use 'dpo' for preference accuracy and implied KL")
+            raise ConfigError(
+                "eval_metrics: 'perplexity' is not available for DPOTrainer (its loss is not an NLL); "
+                "use 'dpo' for preference accuracy and implied KL"
+            )
         if self.want_dpo and not self.is_dpo:
             raise ConfigError(f"eval_metrics: 'dpo' needs a DPOTrainer, got {type(trainer).__name__}")
         self.generation_names = [m for m in names if m not in ("perplexity", "dpo")]
@@ -126,7 +128,9 @@ class GenerationEvaluator:
         self.tokenizer = _tokenizer_of(trainer.processing_class)
         if self.generation_names:
             if self.tokenizer is None:
-                raise ConfigError("eval_metrics: generation metrics need the trainer's `processing_class` (a tokenizer)")
+                raise ConfigError(
+                    "eval_metrics: generation metrics need the trainer's `processing_class` (a tokenizer)"
+                )
             if self.tokenizer.pad_token_id is None and self.tokenizer.eos_token_id is None:
                 raise ConfigError("eval_metrics: the tokenizer has neither a pad nor an eos token to pad prompts with")
             sample = self._generation_rows(raw_eval_dataset, 1)
@@ -233,8 +237,12 @@ class GenerationEvaluator:
             examples = [example_from_row(row, tokenizer, settings, encoder_decoder) for row in _rows(rows, batch_rows)]
             width = max(len(ids) for ids, _, _ in examples)
             # Left padding: every prompt ends where generation starts.
-            input_ids = torch.tensor([[pad_id] * (width - len(ids)) + list(ids) for ids, _, _ in examples], device=device)
-            attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids, _, _ in examples], device=device)
+            input_ids = torch.tensor(
+                [[pad_id] * (width - len(ids)) + list(ids) for ids, _, _ in examples], device=device
+            )
+            attention = torch.tensor(
+                [[0] * (width - len(ids)) + [1] * len(ids) for ids, _, _ in examples], device=device
+            )
             if settings.eval_do_sample:
                 torch.manual_seed(trainer.args.seed + batch_rows.start)  # same draw for a batch on any process count
             output = model.generate(input_ids=input_ids, attention_mask=attention, **gen_kwargs)
@@ -245,7 +253,9 @@ class GenerationEvaluator:
             suite.update(predictions, references, sources)
             for index, prompt, prediction, reference in zip(batch_rows, sources, predictions, references):
                 if index < keep:
-                    samples.append({"index": index, "prompt": prompt, "generation": prediction, "reference": reference})
+                    samples.append(
+                        {"index": index, "prompt": prompt, "generation": prediction, "reference": reference}
+                    )
         gathered = self._gather(trainer, (suite.states(), samples))
         values: dict[str, Any] = suite.compute([states for states, _ in gathered])
         table = sorted((s for _, part in gathered for s in part), key=lambda s: s["index"])
@@ -297,9 +307,22 @@ class GenerationEvaluator:
         for batch in self._prepared_batches(trainer, dataset):
             labels = batch.get("labels")
             if labels is None:
-                labels = batch["input_ids"].masked_fill(batch.get("attention_mask", torch.ones_like(batch["input_ids"])) == 0, -100)
-            inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "decoder_input_ids",
-                                                            "decoder_attention_mask", "position_ids", "token_type_ids")}
+                labels = batch["input_ids"].masked_fill(
+                    batch.get("attention_mask", torch.ones_like(batch["input_ids"])) == 0, -100
+                )
+            inputs = {
+                k: v
+                for k, v in batch.items()
+                if k
+                in (
+                    "input_ids",
+                    "attention_mask",
+                    "decoder_input_ids",
+                    "decoder_attention_mask",
+                    "position_ids",
+                    "token_type_ids",
+                )
+            }
             if encoder_decoder:
                 logits = model(**inputs, labels=labels).logits  # labels build decoder_input_ids when absent
             else:

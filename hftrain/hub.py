@@ -17,6 +17,7 @@ import os
 from typing import Any, Optional, Sequence
 
 from .errors import ConfigError, HFTrainError
+from .host import BatchGeometry
 
 __all__ = [
     "check_push_settings",
@@ -53,16 +54,22 @@ def check_push_settings(args: Any) -> None:
     if not getattr(args, "hub_model_id", None):
         raise ConfigError("push_to_hub: needs --hub_model_id USER_OR_ORG/NAME (the Hub repo to push the results to)")
     if not resolve_token(getattr(args, "hub_token", None)):
-        raise ConfigError("push_to_hub: no Hub token; set HF_TOKEN, run `hf auth login`, or pass --hub_token "
-                          "(the variable is safer: arguments are saved with every checkpoint)")
+        raise ConfigError(
+            "push_to_hub: no Hub token; set HF_TOKEN, run `hf auth login`, or pass --hub_token "
+            "(the variable is safer: arguments are saved with every checkpoint)"
+        )
 
 
 def prepare_push(training_args: Any) -> Optional[dict]:
     """The push target of a run, or None; turns the trainer's own per-checkpoint pushes and TRL's card off."""
     if not training_args.push_to_hub:
         return None
-    target = {"repo_id": training_args.hub_model_id, "private": training_args.hub_private_repo,
-              "revision": getattr(training_args, "hub_revision", None), "token": training_args.hub_token}
+    target = {
+        "repo_id": training_args.hub_model_id,
+        "private": training_args.hub_private_repo,
+        "revision": getattr(training_args, "hub_revision", None),
+        "token": training_args.hub_token,
+    }
     training_args.push_to_hub = False  # hftrain pushes once, after its card is written
     return target
 
@@ -84,9 +91,12 @@ def export_run_history(trainer: Any, output_dir: str) -> Optional[str]:
     except (ImportError, HFTrainError, OSError):
         run = None  # a tracker problem must not cost the card; log_history below still records the curves
     if run is None:
-        points = [{"key": k, "step": e.get("step"), "value": v, "epoch": e.get("epoch"), "wall_time": None}
-                  for e in trainer.state.log_history for k, v in e.items()
-                  if k not in ("step", "epoch") and isinstance(v, (int, float))]
+        points = [
+            {"key": k, "step": e.get("step"), "value": v, "epoch": e.get("epoch"), "wall_time": None}
+            for e in trainer.state.log_history
+            for k, v in e.items()
+            if k not in ("step", "epoch") and isinstance(v, (int, float))
+        ]
         run = {"source": "trainer_state.log_history (the run was not tracked)"}
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "run.json"), "w", encoding="utf-8") as handle:
@@ -100,9 +110,14 @@ def export_run_history(trainer: Any, output_dir: str) -> Optional[str]:
 
 # -- model card ----------------------------------------------------------------------------------------------
 def _metric_items(logs: dict) -> dict[str, float]:
-    return {k[len("eval_"):] if k.startswith("eval_") else k: float(v) for k, v in logs.items()
-            if k.startswith("eval_") and isinstance(v, (int, float)) and not isinstance(v, bool)
-            and not any(k.endswith(s) for s in _NOT_METRICS)}
+    return {
+        k[len("eval_") :] if k.startswith("eval_") else k: float(v)
+        for k, v in logs.items()
+        if k.startswith("eval_")
+        and isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and not any(k.endswith(s) for s in _NOT_METRICS)
+    }
 
 
 def final_and_best_metrics(state: Any, final: Optional[dict]) -> tuple[dict, dict, Optional[int]]:
@@ -130,13 +145,28 @@ def _fmt(value: Any) -> str:
 
 
 def _settings(training_args: Any, model_args: Any) -> dict[str, Any]:
-    keys = ["learning_rate", "lr_scheduler_type", "warmup_steps", "num_train_epochs", "max_steps",
-            "per_device_train_batch_size", "gradient_accumulation_steps", "global_batch_size", "optimization_level",
-            "optim", "bf16", "seed", "max_length", "beta", "loss_type", "packing", "eval_metrics"]
+    keys = [
+        "learning_rate",
+        "lr_scheduler_type",
+        "warmup_steps",
+        "num_train_epochs",
+        "max_steps",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "global_batch_size",
+        "optimization_level",
+        "optim",
+        "bf16",
+        "seed",
+        "max_length",
+        "beta",
+        "loss_type",
+        "packing",
+        "eval_metrics",
+    ]
     values = {k: getattr(training_args, k) for k in keys if getattr(training_args, k, None) not in (None, [], "")}
-    values["world_size"] = getattr(training_args, "world_size", 1)
-    values["effective_batch_size"] = (training_args.per_device_train_batch_size
-                                      * training_args.gradient_accumulation_steps * values["world_size"])
+    geometry = BatchGeometry.from_args(training_args)
+    values["world_size"], values["effective_batch_size"] = geometry.processes, geometry.global_batch
     if model_args is not None and getattr(model_args, "use_peft", False):
         for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "load_in_4bit", "load_in_8bit"):
             values[k] = getattr(model_args, k)
@@ -181,55 +211,116 @@ Best checkpoint{% if best_step is not none %} (step {{ best_step }}){% endif %}:
 """
 
 
-def write_model_card(trainer: Any, output_dir: str, *, recipe: str, dataset: str, task: str,
-                     model_args: Any = None, final_metrics: Optional[dict] = None,
-                     history_dir: Optional[str] = None, repo_id: Optional[str] = None) -> str:
+def write_model_card(
+    trainer: Any,
+    output_dir: str,
+    *,
+    recipe: str,
+    dataset: str,
+    task: str,
+    model_args: Any = None,
+    final_metrics: Optional[dict] = None,
+    history_dir: Optional[str] = None,
+    repo_id: Optional[str] = None,
+) -> str:
     """Write hftrain's model card to `output_dir/README.md` (after training, replacing TRL's); returns its path."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     args = trainer.args
     base_model = getattr(model_args, "model_name_or_path", None) if model_args is not None else None
-    source = f"[{base_model}](https://huggingface.co/{base_model})" if base_model else \
-        "a model built from its config (random initialisation)"
+    source = (
+        f"[{base_model}](https://huggingface.co/{base_model})"
+        if base_model
+        else "a model built from its config (random initialisation)"
+    )
     if base_model and os.path.isdir(base_model):
         source, base_model = f"the local model `{base_model}`", None  # a directory is not a Hub id
     model_name = repo_id or os.path.basename(os.path.abspath(output_dir))
     final, best, best_step = final_and_best_metrics(trainer.state, final_metrics)
     is_peft = hasattr(trainer.model, "peft_config")
     dataset_id = dataset if "/" in dataset and not os.path.exists(dataset) else f"hftrain-bundled/{dataset}"
-    eval_results = [EvalResult(task_type=task, dataset_type=dataset_id, dataset_name=dataset, dataset_split="eval",
-                               metric_type=name, metric_name=name, metric_value=value) for name, value in final.items()]
+    eval_results = [
+        EvalResult(
+            task_type=task,
+            dataset_type=dataset_id,
+            dataset_name=dataset,
+            dataset_split="eval",
+            metric_type=name,
+            metric_name=name,
+            metric_value=value,
+        )
+        for name, value in final.items()
+    ]
     card_data = ModelCardData(
-        model_name=model_name, base_model=base_model, datasets=[dataset_id], library_name="peft" if is_peft else "transformers",
-        pipeline_tag=task, tags=["hftrain", recipe, *(["lora"] if is_peft else [])],
+        model_name=model_name,
+        base_model=base_model,
+        datasets=[dataset_id],
+        library_name="peft" if is_peft else "transformers",
+        pipeline_tag=task,
+        tags=["hftrain", recipe, *(["lora"] if is_peft else [])],
         eval_results=eval_results or None,
     )
     curriculum = getattr(args, "curriculum", None)
-    curriculum_text = "None (random order)." if not curriculum else _table(
-        [[k, getattr(args, k)] for k in ("curriculum", "curriculum_column", "curriculum_pacing", "curriculum_start",
-                                          "curriculum_full_at", "curriculum_reverse", "curriculum_stages")
-         if hasattr(args, k)], ["setting", "value"])
+    curriculum_text = (
+        "None (random order)."
+        if not curriculum
+        else _table(
+            [
+                [k, getattr(args, k)]
+                for k in (
+                    "curriculum",
+                    "curriculum_column",
+                    "curriculum_pacing",
+                    "curriculum_start",
+                    "curriculum_full_at",
+                    "curriculum_reverse",
+                    "curriculum_stages",
+                )
+                if hasattr(args, k)
+            ],
+            ["setting", "value"],
+        )
+    )
     history = "Not exported."
     if history_dir:
         rel = os.path.relpath(history_dir, output_dir)
-        history = (f"The full history of this run, as the hftrain tracker recorded it, is in [`{rel}/history.csv`]"
-                   f"({rel}/history.csv) (every logged value by step) and [`{rel}/run.json`]({rel}/run.json) "
-                   "(parameters, system, git state, metric summary).")
-    loader = "peft import AutoPeftModelForCausalLM as Auto" if is_peft and task == "text-generation" else \
-        "transformers import AutoModelForSeq2SeqLM as Auto" if task == "text2text-generation" else \
-        "transformers import AutoModelForCausalLM as Auto"
+        history = (
+            f"The full history of this run, as the hftrain tracker recorded it, is in [`{rel}/history.csv`]"
+            f"({rel}/history.csv) (every logged value by step) and [`{rel}/run.json`]({rel}/run.json) "
+            "(parameters, system, git state, metric summary)."
+        )
+    loader = (
+        "peft import AutoPeftModelForCausalLM as Auto"
+        if is_peft and task == "text-generation"
+        else "transformers import AutoModelForSeq2SeqLM as Auto"
+        if task == "text2text-generation"
+        else "transformers import AutoModelForCausalLM as Auto"
+    )
     where = repo_id or output_dir
-    usage = f"from {loader}\nfrom transformers import AutoTokenizer\n\nmodel = Auto.from_pretrained({where!r})\n" \
-            f"tokenizer = AutoTokenizer.from_pretrained({where!r})"
+    usage = (
+        f"from {loader}\nfrom transformers import AutoTokenizer\n\nmodel = Auto.from_pretrained({where!r})\n"
+        f"tokenizer = AutoTokenizer.from_pretrained({where!r})"
+    )
     card = ModelCard.from_template(
-        card_data, template_str=CARD_TEMPLATE, model_name=model_name, recipe=recipe, source=source,
-        dataset=dataset, kind="A LoRA adapter (peft)." if is_peft else "Full weights.",
+        card_data,
+        template_str=CARD_TEMPLATE,
+        model_name=model_name,
+        recipe=recipe,
+        source=source,
+        dataset=dataset,
+        kind="A LoRA adapter (peft)." if is_peft else "Full weights.",
         final_step=trainer.state.global_step,
-        final_table=_table([[k, _fmt(v)] for k, v in final.items()], ["metric", "value"]) if final else "No evaluation.",
-        best_table=_table([[k, _fmt(v)] for k, v in best.items()], ["metric", "value"]) if best else "No evaluation during training.",
+        final_table=_table([[k, _fmt(v)] for k, v in final.items()], ["metric", "value"])
+        if final
+        else "No evaluation.",
+        best_table=_table([[k, _fmt(v)] for k, v in best.items()], ["metric", "value"])
+        if best
+        else "No evaluation during training.",
         best_step=best_step,
         settings_table=_table([[k, _fmt(v)] for k, v in _settings(args, model_args).items()], ["argument", "value"]),
-        curriculum=curriculum_text, history=history, usage=usage,
+        curriculum=curriculum_text,
+        history=history,
+        usage=usage,
     )
     path = os.path.join(output_dir, "README.md")
     card.save(path)
@@ -256,9 +347,14 @@ def _record_push(output_dir: str, target: dict) -> None:
         json.dump(record, handle, indent=1)
 
 
-def push_results(output_dir: str, repo_id: Optional[str] = None, token: Optional[str] = None,
-                 private: Optional[bool] = None, revision: Optional[str] = None,
-                 commit_message: str = "hftrain: results of training") -> str:
+def push_results(
+    output_dir: str,
+    repo_id: Optional[str] = None,
+    token: Optional[str] = None,
+    private: Optional[bool] = None,
+    revision: Optional[str] = None,
+    commit_message: str = "hftrain: results of training",
+) -> str:
     """Upload `files_to_push(output_dir)` to `repo_id` (created if needed); returns the repo URL.
 
     `repo_id`/`private`/`revision` default to what the run recorded in `hftrain_push.json`. Any failure raises an
@@ -283,10 +379,18 @@ def push_results(output_dir: str, repo_id: Optional[str] = None, token: Optional
     try:
         api = HfApi(token=token)
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        api.upload_folder(folder_path=output_dir, repo_id=repo_id, repo_type="model", revision=revision,
-                          allow_patterns=files, commit_message=commit_message)
+        api.upload_folder(
+            folder_path=output_dir,
+            repo_id=repo_id,
+            repo_type="model",
+            revision=revision,
+            allow_patterns=files,
+            commit_message=commit_message,
+        )
     except Exception as exc:  # network, auth, quota: any of them must leave a clear way forward
         first = (str(exc).strip().splitlines() or [""])[0][:300]
-        raise HFTrainError(f"push to {repo_id} failed ({type(exc).__name__}: {first}); the results are safe in "
-                           f"{os.path.abspath(output_dir)}; retry with: hftrain push {output_dir}") from exc
+        raise HFTrainError(
+            f"push to {repo_id} failed ({type(exc).__name__}: {first}); the results are safe in "
+            f"{os.path.abspath(output_dir)}; retry with: hftrain push {output_dir}"
+        ) from exc
     return str(url)

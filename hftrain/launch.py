@@ -20,11 +20,11 @@ from transformers.utils import logging
 
 from .config.groups import HFTrainArguments, metric_names
 from .errors import ConfigError
-from .machine import accelerator_visible, world_size_from_env
+from .machine import accelerator_visible, cuda_usable, world_size_from_env
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["global_batch", "resolve_arguments", "check_feature_settings"]
+__all__ = ["check_feature_settings", "check_launch_environment", "global_batch", "resolve_arguments"]
 
 
 def global_batch(args: Any, world_size: Optional[int] = None) -> int:
@@ -41,7 +41,7 @@ def resolve_arguments(args: Any, explicit: Optional[frozenset] = None) -> Any:
     if not isinstance(args, HFTrainArguments) or getattr(args, "_hftrain_resolved", False):
         return args  # a parent's arguments class: behave like the parent
     check_feature_settings(args)
-    _check_launch_environment(args)
+    check_launch_environment(args)
     from .hub import check_push_settings
     from .presets import preset_changes
 
@@ -79,14 +79,13 @@ def check_feature_settings(args: Any) -> None:
         raise ConfigError(f"tracker_db: {args.tracker_db!r} is a directory; expected a .db file path")
 
 
-def _check_launch_environment(args: Any) -> None:
+def check_launch_environment(args: Any = None) -> None:
     """Refuse a launch the machine cannot run: a DeepSpeed config (announced by `accelerate launch` through
-    ACCELERATE_USE_DEEPSPEED) without a GPU or without the deepspeed package."""
+    ACCELERATE_USE_DEEPSPEED) without a GPU or without the deepspeed package. Recipes call it before parsing too:
+    transformers' own arguments classes import deepspeed while they are built under such a launch."""
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
         return
-    import torch
-
-    if not torch.cuda.is_available() or getattr(args, "use_cpu", False):
+    if not cuda_usable(args):
         raise ConfigError(
             "accelerate config: DeepSpeed was requested (ACCELERATE_USE_DEEPSPEED=true) but there is no "
             "CUDA GPU; launch with --config_file accelerate_configs/cpu_ddp.yaml on CPU, or "

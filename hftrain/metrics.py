@@ -180,7 +180,10 @@ class _ExactMatch(StreamingMetric):
 
     def update(self, predictions, references, sources):
         for prediction, reference in zip(predictions, references):
-            self._add("hits", int(normalize_text(prediction, self.normalization) == normalize_text(reference, self.normalization)))
+            self._add(
+                "hits",
+                int(normalize_text(prediction, self.normalization) == normalize_text(reference, self.normalization)),
+            )
             self._add("count", 1)
 
     def compute(self, state):
@@ -221,7 +224,9 @@ def parse_sections(spec: Sequence[str]) -> list[tuple[str, Optional[re.Pattern]]
         # The last `::` separates, so a header may end with a colon: `Ingredients:::\d` → "Ingredients:", r"\d".
         header, _, pattern = str(entry).rpartition("::") if "::" in str(entry) else (str(entry), "", "")
         if not header.strip():
-            raise ConfigError(f"eval_sections: empty section header in {entry!r}; expected 'HEADER' or 'HEADER::REGEX'")
+            raise ConfigError(
+                f"eval_sections: empty section header in {entry!r}; expected 'HEADER' or 'HEADER::REGEX'"
+            )
         try:
             parsed.append((header.strip(), re.compile(pattern, re.MULTILINE) if pattern else None))
         except re.error as exc:
@@ -243,8 +248,10 @@ class _Sections(StreamingMetric):
     def __init__(self, spec: Sequence[str]) -> None:
         super().__init__()
         if not spec:
-            raise ConfigError("eval_sections: the `sections` metric needs the section headers, e.g. "
-                              "--eval_sections 'Title:' 'Ingredients:::\\d' 'Steps:::^\\s*1\\.'")
+            raise ConfigError(
+                "eval_sections: the `sections` metric needs the section headers, e.g. "
+                "--eval_sections 'Title:' 'Ingredients:::\\d' 'Steps:::^\\s*1\\.'"
+            )
         self.sections = parse_sections(spec)
 
     def _check(self, text: str) -> tuple[list[int], int]:
@@ -272,7 +279,10 @@ class _Sections(StreamingMetric):
 
     def compute(self, state):
         count = state.get("count", 0)
-        values = {"sections": _ratio(state.get("all", 0), count), "sections_in_order": _ratio(state.get("in_order", 0), count)}
+        values = {
+            "sections": _ratio(state.get("all", 0), count),
+            "sections_in_order": _ratio(state.get("in_order", 0), count),
+        }
         for (header, _), hits in zip(self.sections, state.get("valid", [0] * len(self.sections))):
             values[f"section_{_slug(header)}"] = _ratio(hits, count)
         return values
@@ -437,8 +447,10 @@ def check_metric_settings(settings: Any) -> None:
         )
     if "sections" in names:
         if not settings.eval_sections:
-            raise ConfigError("eval_sections: the `sections` metric needs section headers, e.g. "
-                              "--eval_sections 'Title:' 'Ingredients:::\\d' 'Steps:::^\\s*1\\.'")
+            raise ConfigError(
+                "eval_sections: the `sections` metric needs section headers, e.g. "
+                "--eval_sections 'Title:' 'Ingredients:::\\d' 'Steps:::^\\s*1\\.'"
+            )
         parse_sections(settings.eval_sections)
     if settings.eval_response_template is not None and not settings.eval_response_template:
         raise ConfigError("eval_response_template: expected a non-empty string or None, got ''")

@@ -145,11 +145,24 @@ class MonitorCallback(TrainerCallback):
         if evals:
             metrics["eval_loss"] = evals[-1]["eval_loss"]
         if self.stopped or control.should_training_stop and state.global_step < state.max_steps:
-            self.notifier.notify("stop", "stopped", f"training stopped early at step {state.global_step}",
-                                 step=state.global_step, metrics=metrics, checkpoint=checkpoint)
+            self.notifier.notify(
+                "stop",
+                "stopped",
+                f"training stopped early at step {state.global_step}",
+                step=state.global_step,
+                metrics=metrics,
+                checkpoint=checkpoint,
+            )
         else:
-            self.notifier.notify("finish", "finish", f"training finished at step {state.global_step}",
-                                 step=state.global_step, metrics=metrics, checkpoint=checkpoint, level="info")
+            self.notifier.notify(
+                "finish",
+                "finish",
+                f"training finished at step {state.global_step}",
+                step=state.global_step,
+                metrics=metrics,
+                checkpoint=checkpoint,
+                level="info",
+            )
 
     # -- per step ------------------------------------------------------------------------------------------------
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
@@ -183,8 +196,13 @@ class MonitorCallback(TrainerCallback):
         ):
             z = None if value is None else window.exceeds(value, s.monitor_spike_threshold)
             if z is not None:
-                findings.append((kind, action, f"{label} {value:.4g} is {z:.1f} robust sigmas above the running "
-                                               f"median {window.median():.4g}"))
+                findings.append(
+                    (
+                        kind,
+                        action,
+                        f"{label} {value:.4g} is {z:.1f} robust sigmas above the running median {window.median():.4g}",
+                    )
+                )
         return findings
 
     def _act(self, action: str, kind: str, args, state, step: int, metrics: dict) -> None:
@@ -196,23 +214,33 @@ class MonitorCallback(TrainerCallback):
             else:
                 self.host.drop_update()
                 self.skipped_steps.append(step)
-                self.notifier.notify("action", "skip", f"update of step {step} not applied ({kind})", step=step,
-                                     metrics=metrics)
+                self.notifier.notify(
+                    "action", "skip", f"update of step {step} not applied ({kind})", step=step, metrics=metrics
+                )
                 return
         if action == "rollback":
             checkpoint = last_valid_checkpoint(args.output_dir, max_step=state.global_step)
             if self.rollbacks >= self.s.monitor_max_rollbacks or checkpoint is None:
                 action = "stop"
-                reason = ("no complete checkpoint to roll back to" if checkpoint is None
-                          else f"{self.rollbacks} rollbacks already (monitor_max_rollbacks)")
+                reason = (
+                    "no complete checkpoint to roll back to"
+                    if checkpoint is None
+                    else f"{self.rollbacks} rollbacks already (monitor_max_rollbacks)"
+                )
             else:
                 self.host.drop_update()
                 self._rollback(checkpoint)
                 self.rollbacks += 1
-                self.notifier.notify("action", "rollback", f"reloaded {os.path.basename(checkpoint)} after {kind}; "
-                                     f"learning rate x{self.s.monitor_rollback_lr_factor} "
-                                     f"(rollback {self.rollbacks}/{self.s.monitor_max_rollbacks})",
-                                     step=step, metrics=metrics, checkpoint=checkpoint)
+                self.notifier.notify(
+                    "action",
+                    "rollback",
+                    f"reloaded {os.path.basename(checkpoint)} after {kind}; "
+                    f"learning rate x{self.s.monitor_rollback_lr_factor} "
+                    f"(rollback {self.rollbacks}/{self.s.monitor_max_rollbacks})",
+                    step=step,
+                    metrics=metrics,
+                    checkpoint=checkpoint,
+                )
                 return
         if action == "stop":
             self.host.drop_update()
@@ -250,8 +278,14 @@ class MonitorCallback(TrainerCallback):
         loss = logs["loss"]
         step = state.global_step
         if not math.isfinite(loss) and not self._flagged_in_window:
-            self._report_log_anomaly("nonfinite", f"logged loss is {loss}", step, logs, control,
-                                     "stop" if self.s.monitor_nonfinite_action in ("stop", "rollback") else "warn")
+            self._report_log_anomaly(
+                "nonfinite",
+                f"logged loss is {loss}",
+                step,
+                logs,
+                control,
+                "stop" if self.s.monitor_nonfinite_action in ("stop", "rollback") else "warn",
+            )
         self._flagged_in_window = False
         if math.isfinite(loss):
             self._last_train_loss = loss
@@ -263,8 +297,7 @@ class MonitorCallback(TrainerCallback):
         lr = logs.get("learning_rate")
         warmup = args.get_warmup_steps(state.max_steps) if hasattr(args, "get_warmup_steps") else 0
         if lr is not None and lr == 0 and step > warmup:
-            self._once("lr_zero", "learning rate is 0 after warmup: the weights no longer change", step, logs,
-                       control)
+            self._once("lr_zero", "learning rate is 0 after warmup: the weights no longer change", step, logs, control)
         else:
             self._active.discard("lr_zero")
         self.logged_losses.append(loss)
@@ -272,8 +305,7 @@ class MonitorCallback(TrainerCallback):
         if len(window) == window.maxlen and all(math.isfinite(v) for v in window):
             spread, scale = max(window) - min(window), max(1.0, abs(sum(window) / len(window)))
             if spread <= 1e-7 * scale:
-                self._once("loss_flat", f"loss has not moved for {len(window)} logs ({loss:.6g})", step, logs,
-                           control)
+                self._once("loss_flat", f"loss has not moved for {len(window)} logs ({loss:.6g})", step, logs, control)
                 return
         self._active.discard("loss_flat")
 
@@ -297,14 +329,22 @@ class MonitorCallback(TrainerCallback):
             # transformers' EarlyStoppingCallback (added before this one) just decided to stop: save and report.
             self._active.add("early_stop")
             control.should_save = True
-            self.notifier.notify("stop", "early_stop", f"{args.metric_for_best_model} did not improve for "
-                                 f"{self.s.early_stopping_patience} evaluations (best {state.best_metric})",
-                                 step=step, metrics={k: v for k, v in metrics.items() if isinstance(v, float)})
+            self.notifier.notify(
+                "stop",
+                "early_stop",
+                f"{args.metric_for_best_model} did not improve for "
+                f"{self.s.early_stopping_patience} evaluations (best {state.best_metric})",
+                step=step,
+                metrics={k: v for k, v in metrics.items() if isinstance(v, float)},
+            )
         eval_loss = metrics.get("eval_loss")
         if eval_loss is None:
             return
-        train_loss = (sum(self._train_losses_since_eval) / len(self._train_losses_since_eval)
-                      if self._train_losses_since_eval else self._last_train_loss)
+        train_loss = (
+            sum(self._train_losses_since_eval) / len(self._train_losses_since_eval)
+            if self._train_losses_since_eval
+            else self._last_train_loss
+        )
         self._train_losses_since_eval = []
         if train_loss is None:
             return
@@ -312,28 +352,46 @@ class MonitorCallback(TrainerCallback):
         found = []
         gap = eval_loss - train_loss
         if self.s.overfit_gap and gap > self.s.overfit_gap:
-            found.append(("overfit_gap", f"eval_loss {eval_loss:.4g} exceeds train loss {train_loss:.4g} by "
-                          f"{gap:.4g} (overfit_gap {self.s.overfit_gap})"))
+            found.append(
+                (
+                    "overfit_gap",
+                    f"eval_loss {eval_loss:.4g} exceeds train loss {train_loss:.4g} by "
+                    f"{gap:.4g} (overfit_gap {self.s.overfit_gap})",
+                )
+            )
         else:
             self._active.discard("overfit_gap")
         n = self.s.overfit_patience
-        recent = self._evals[-(n + 1):]
-        if n and len(recent) == n + 1 and all(b[0] > a[0] for a, b in zip(recent, recent[1:])) \
-                and recent[-1][1] < recent[0][1]:
-            found.append(("overfit_rising", f"eval_loss rose for {n} evaluations ({recent[0][0]:.4g} -> "
-                          f"{recent[-1][0]:.4g}) while the train loss fell ({recent[0][1]:.4g} -> "
-                          f"{recent[-1][1]:.4g})"))
+        recent = self._evals[-(n + 1) :]
+        if (
+            n
+            and len(recent) == n + 1
+            and all(b[0] > a[0] for a, b in zip(recent, recent[1:]))
+            and recent[-1][1] < recent[0][1]
+        ):
+            found.append(
+                (
+                    "overfit_rising",
+                    f"eval_loss rose for {n} evaluations ({recent[0][0]:.4g} -> "
+                    f"{recent[-1][0]:.4g}) while the train loss fell ({recent[0][1]:.4g} -> "
+                    f"{recent[-1][1]:.4g})",
+                )
+            )
         else:
             self._active.discard("overfit_rising")
         for kind, message in found:
             if kind in self._active:
                 continue
             self._active.add(kind)
-            self.notifier.notify("anomaly", kind, f"{message}; action: {self.s.overfit_action}", step=step,
-                                 metrics={"eval_loss": eval_loss, "loss": train_loss})
+            self.notifier.notify(
+                "anomaly",
+                kind,
+                f"{message}; action: {self.s.overfit_action}",
+                step=step,
+                metrics={"eval_loss": eval_loss, "loss": train_loss},
+            )
             if self.s.overfit_action == "stop" and not self.stopped:
                 self._stop(control, state, kind)
-
 
     def _early_stopping_fired(self) -> bool:
         from transformers import EarlyStoppingCallback

@@ -14,9 +14,9 @@ __all__ = ["check_model_arguments", "quantization_config", "apply_lora", "merge_
 
 
 def _cuda_available() -> bool:
-    import torch
+    from .machine import cuda_usable
 
-    return torch.cuda.is_available()
+    return cuda_usable()
 
 
 def check_model_arguments(model_args: Any) -> None:
@@ -71,13 +71,20 @@ def apply_lora(model: Any, model_args: Any, task_type: str = "CAUSAL_LM", traini
     if isinstance(targets, list):
         missing = [t for t in targets if t not in available]
         if missing:
-            raise ConfigError(f"lora_target_modules: {', '.join(missing)} not found in {type(model).__name__}; "
-                              f"its linear layers are: {', '.join(available)}")
+            raise ConfigError(
+                f"lora_target_modules: {', '.join(missing)} not found in {type(model).__name__}; "
+                f"its linear layers are: {', '.join(available)}"
+            )
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
         checkpointing = bool(training_args is not None and getattr(training_args, "gradient_checkpointing", False))
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
-    config = LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
-                        target_modules=targets, task_type=task_type)
+    config = LoraConfig(
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=targets,
+        task_type=task_type,
+    )
     return get_peft_model(model, config)
 
 

@@ -66,7 +66,10 @@ _PLAN: list[tuple[str, Any, tuple[str, ...], Optional[Callable[[Any], Optional[s
     ("torch_compile", True, ("aggressive",), _compile_reason, "torch.compile"),
     ("optim", "adamw_bnb_8bit", ("aggressive",), _bnb_reason, "8-bit AdamW (bitsandbytes)"),
 ]
-_ALIASES = {"activation_checkpointing": {"activation_checkpointing", "gradient_checkpointing"}, "bf16": {"bf16", "fp16"}}
+_ALIASES = {
+    "activation_checkpointing": {"activation_checkpointing", "gradient_checkpointing"},
+    "bf16": {"bf16", "fp16"},
+}
 
 
 def _defaults(args: Any) -> dict[str, Any]:

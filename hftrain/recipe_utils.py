@@ -81,7 +81,9 @@ def load_dataset_splits(script_args, bundled: Callable[[], tuple], seed: int = 4
     if evaluation is not None and script_args.max_eval_samples:
         evaluation = evaluation.select(range(min(script_args.max_eval_samples, len(evaluation))))
     if len(train) == 0:
-        raise DataError(f"dataset_name: the training split of {script_args.dataset_name or 'the bundled data'} is empty")
+        raise DataError(
+            f"dataset_name: the training split of {script_args.dataset_name or 'the bundled data'} is empty"
+        )
     return train, evaluation
 
 
@@ -92,9 +94,13 @@ def _load_named_dataset(script_args):
     try:
         if os.path.isfile(name):
             extension = os.path.splitext(name)[1].lstrip(".").lower()
-            builder = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet", "txt": "text"}.get(extension)
+            builder = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet", "txt": "text"}.get(
+                extension
+            )
             if builder is None:
-                raise DataError(f"dataset_name: unsupported file type '.{extension}' (use .json, .jsonl, .csv, .parquet, .txt)")
+                raise DataError(
+                    f"dataset_name: unsupported file type '.{extension}' (use .json, .jsonl, .csv, .parquet, .txt)"
+                )
             return datasets.load_dataset(builder, data_files={script_args.dataset_train_split: name})
         if os.path.isdir(name) and os.path.exists(os.path.join(name, "dataset_dict.json")):
             return datasets.load_from_disk(name)
@@ -123,12 +129,17 @@ def require_columns(dataset, alternatives: Sequence[Sequence[str]], what: str) -
 def default_curriculum_only_for_bundled_data(training_args, train_dataset) -> None:
     """The default configs order the bundled data by its `difficulty` column; a named dataset without that column
     trains in random order (said on rank 0). Any other `curriculum_column` the user names must exist (an error)."""
-    if (getattr(training_args, "curriculum", None) == "column" and training_args.curriculum_column == "difficulty"
-            and "difficulty" not in train_dataset.column_names):
+    if (
+        getattr(training_args, "curriculum", None) == "column"
+        and training_args.curriculum_column == "difficulty"
+        and "difficulty" not in train_dataset.column_names
+    ):
         training_args.curriculum = None
         if is_main_process():
-            print("[hftrain] curriculum off: the dataset has no `difficulty` column (the default config orders the "
-                  "bundled data by it); set --curriculum_column to a numeric column of yours to order by it")
+            print(
+                "[hftrain] curriculum off: the dataset has no `difficulty` column (the default config orders the "
+                "bundled data by it); set --curriculum_column to a numeric column of yours to order by it"
+            )
 
 
 # -- models --------------------------------------------------------------------------------------------------
@@ -163,8 +174,9 @@ def load_causal_lm(model_args, tokenizer, build_default: Optional[Callable] = No
         if build_default is not None:
             return build_default(tokenizer)
         heads = max(1, model_args.tiny_hidden_size // 32)
-        return build_tiny_causal_lm(tokenizer, hidden_size=model_args.tiny_hidden_size,
-                                    num_layers=model_args.tiny_num_layers, num_heads=heads)
+        return build_tiny_causal_lm(
+            tokenizer, hidden_size=model_args.tiny_hidden_size, num_layers=model_args.tiny_num_layers, num_heads=heads
+        )
     kwargs = {"revision": model_args.model_revision, "trust_remote_code": model_args.trust_remote_code}
     if model_args.dtype:
         kwargs["dtype"] = model_args.dtype
@@ -217,8 +229,9 @@ def train_with_resume(trainer, checkpoint: Optional[str]):
 
 
 # -- quick check of what the model learned -------------------------------------------------------------------
-def greedy_exact_match(model, tokenizer, prompts: Sequence[str], references: Sequence[str], batch_size: int = 64,
-                       max_new_tokens: int = 8) -> float:
+def greedy_exact_match(
+    model, tokenizer, prompts: Sequence[str], references: Sequence[str], batch_size: int = 64, max_new_tokens: int = 8
+) -> float:
     """Share of prompts whose greedy continuation (stripped) equals the reference: batched, left-padded."""
     import torch
 
@@ -228,13 +241,19 @@ def greedy_exact_match(model, tokenizer, prompts: Sequence[str], references: Seq
     correct = 0
     try:
         for start in range(0, len(prompts), batch_size):
-            batch = tokenizer(list(prompts[start:start + batch_size]), return_tensors="pt", padding=True,
-                              add_special_tokens=False).to(model.device)
+            batch = tokenizer(
+                list(prompts[start : start + batch_size]), return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(model.device)
             with torch.no_grad():
-                output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            texts = tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-            correct += sum(t.strip() == r.strip() for t, r in zip(texts, references[start:start + batch_size]))
+                output = model.generate(
+                    **batch,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                )
+            texts = tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+            correct += sum(t.strip() == r.strip() for t, r in zip(texts, references[start : start + batch_size]))
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
@@ -245,14 +264,19 @@ def greedy_exact_match(model, tokenizer, prompts: Sequence[str], references: Seq
 def parse_recipe_args(argv: Optional[list[str]], dataclass_types: Sequence, default_config: str) -> tuple:
     """Parse YAML + command line into `dataclass_types` (with no `--config`, `default_config` is the base), then
     resolve hftrain's arguments for this machine (`hftrain.launch`: presets, global batch, checks)."""
-    from .config import HFTrainArguments, HFTrainParser
-    from .launch import resolve_arguments
+    from .config import HFTrainArguments, HFTrainParser, ModelArguments
+    from .launch import check_launch_environment, resolve_arguments
+    from .peft_utils import check_model_arguments
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not any(a == "--config" or a.startswith("--config=") for a in argv):
         argv = ["--config", default_config, *argv]
+    check_launch_environment()  # before parsing: transformers' classes import deepspeed under a DeepSpeed launch
     parser = HFTrainParser(tuple(dataclass_types))
     parsed = parser.parse_args_and_config(argv)
+    for value in parsed:
+        if isinstance(value, ModelArguments):
+            check_model_arguments(value)  # k-bit loading needs a CUDA GPU: refused before anything loads
     return tuple(
         resolve_arguments(value, parser.explicit_fields) if isinstance(value, HFTrainArguments) else value
         for value in parsed
@@ -270,14 +294,24 @@ def start_run(training_args, model_args=None) -> Optional[dict]:
         for line in getattr(training_args, "hftrain_preset_report", []):
             print(f"[hftrain] {line}")
         world = world_size_from_env()
-        print(f"[hftrain] effective batch size {global_batch(training_args, world)} = "
-              f"{training_args.per_device_train_batch_size} per device x {training_args.gradient_accumulation_steps} "
-              f"accumulation x {world} process(es)"
-              + (f" (global_batch_size={training_args.global_batch_size})" if training_args.global_batch_size else ""))
+        print(
+            f"[hftrain] effective batch size {global_batch(training_args, world)} = "
+            f"{training_args.per_device_train_batch_size} per device x {training_args.gradient_accumulation_steps} "
+            f"accumulation x {world} process(es)"
+            + (f" (global_batch_size={training_args.global_batch_size})" if training_args.global_batch_size else "")
+        )
         if model_args is not None and model_args.use_peft:
-            quant = " on 4-bit weights (QLoRA)" if model_args.load_in_4bit else " on 8-bit weights" if model_args.load_in_8bit else ""
-            print(f"[hftrain] LoRA r={model_args.lora_r} alpha={model_args.lora_alpha} dropout={model_args.lora_dropout} "
-                  f"targets={' '.join(model_args.lora_target_modules) or 'all-linear'}{quant}")
+            quant = (
+                " on 4-bit weights (QLoRA)"
+                if model_args.load_in_4bit
+                else " on 8-bit weights"
+                if model_args.load_in_8bit
+                else ""
+            )
+            print(
+                f"[hftrain] LoRA r={model_args.lora_r} alpha={model_args.lora_alpha} dropout={model_args.lora_dropout} "
+                f"targets={' '.join(model_args.lora_target_modules) or 'all-linear'}{quant}"
+            )
     return prepare_push(training_args)
 
 
@@ -295,10 +329,14 @@ def load_seq2seq_lm(model_args, tokenizer):
     from .builtin import build_tiny_seq2seq
 
     if not model_args.model_name_or_path:
-        return build_tiny_seq2seq(tokenizer, d_model=min(64, model_args.tiny_hidden_size),
-                                  num_layers=model_args.tiny_num_layers)
-    kwargs = {"revision": model_args.model_revision, "trust_remote_code": model_args.trust_remote_code,
-              **_quantization_kwargs(model_args)}
+        return build_tiny_seq2seq(
+            tokenizer, d_model=min(64, model_args.tiny_hidden_size), num_layers=model_args.tiny_num_layers
+        )
+    kwargs = {
+        "revision": model_args.model_revision,
+        "trust_remote_code": model_args.trust_remote_code,
+        **_quantization_kwargs(model_args),
+    }
     if model_args.dtype:
         kwargs["dtype"] = model_args.dtype
     try:
@@ -319,8 +357,9 @@ def apply_peft(model, model_args, training_args, task_type: str = "CAUSAL_LM"):
     return model
 
 
-def finish_run(trainer, *, model_args, recipe: str, dataset: str, task: str, push_target: Optional[dict],
-               evaluate: bool = True) -> dict:
+def finish_run(
+    trainer, *, model_args, recipe: str, dataset: str, task: str, push_target: Optional[dict], evaluate: bool = True
+) -> dict:
     """Save the model (or adapter) and tokenizer, evaluate, merge the adapter if asked, export the run history,
     write hftrain's model card, push when asked, and print where everything is. Returns the eval metrics."""
     from .hub import export_run_history, write_model_card
@@ -339,9 +378,17 @@ def finish_run(trainer, *, model_args, recipe: str, dataset: str, task: str, pus
         return metrics
     merged = merge_and_save(trainer.model, trainer.processing_class, output_dir) if model_args.merge_adapter else None
     history = export_run_history(trainer, output_dir)
-    card = write_model_card(trainer, output_dir, recipe=recipe, dataset=dataset, task=task, model_args=model_args,
-                            final_metrics=metrics or None, history_dir=history,
-                            repo_id=push_target["repo_id"] if push_target else None)
+    card = write_model_card(
+        trainer,
+        output_dir,
+        recipe=recipe,
+        dataset=dataset,
+        task=task,
+        model_args=model_args,
+        final_metrics=metrics or None,
+        history_dir=history,
+        repo_id=push_target["repo_id"] if push_target else None,
+    )
     print(f"[hftrain] model and tokenizer saved to {os.path.abspath(output_dir)}")
     if merged:
         print(f"[hftrain] merged model (adapter folded in): {os.path.abspath(merged)}")
@@ -360,8 +407,13 @@ def push_if_asked(output_dir: str, push_target: Optional[dict]) -> None:
     if not push_target:
         return
     try:
-        url = push_results(output_dir, repo_id=push_target["repo_id"], token=push_target["token"],
-                           private=push_target["private"], revision=push_target["revision"])
+        url = push_results(
+            output_dir,
+            repo_id=push_target["repo_id"],
+            token=push_target["token"],
+            private=push_target["private"],
+            revision=push_target["revision"],
+        )
         print(f"[hftrain] pushed to {url}")
     except HFTrainError as exc:
         print(f"[hftrain] error: {exc}", file=sys.stderr)
@@ -375,7 +427,9 @@ def _print_run_record(trainer, history: Optional[str]) -> None:
     except ImportError:
         tracker = None
     if tracker is not None and tracker.run_uuid:
-        print(f"[hftrain] run record: {tracker.db_path} (run {tracker.run_uuid[:8]}; `hftrain runs show "
-              f"{tracker.run_uuid[:8]}`)")
+        print(
+            f"[hftrain] run record: {tracker.db_path} (run {tracker.run_uuid[:8]}; `hftrain runs show "
+            f"{tracker.run_uuid[:8]}`)"
+        )
     if history:
         print(f"[hftrain] run history: {os.path.abspath(history)}")

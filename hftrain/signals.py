@@ -59,8 +59,10 @@ class SignalCallback(TrainerCallback):
             _deliver(signum, previous, frame)
             return
         self.received = signum
-        logger.warning(f"{signal.Signals(signum).name} received: saving a checkpoint at the next step boundary, "
-                       "then stopping (send it again to stop at once)")
+        logger.warning(
+            f"{signal.Signals(signum).name} received: saving a checkpoint at the next step boundary, "
+            "then stopping (send it again to stop at once)"
+        )
 
     def on_step_end(self, args, state, control, **kwargs):
         flag = self.received is not None
@@ -74,9 +76,13 @@ class SignalCallback(TrainerCallback):
             control.should_training_stop = True
             if self.notifier is not None:
                 name = signal.Signals(self.received).name
-                self.notifier.notify("stop", "signal", f"{name}: checkpoint saved at step {state.global_step}, "
-                                     "stopping", step=state.global_step,
-                                     checkpoint=os.path.join(args.output_dir, f"checkpoint-{state.global_step}"))
+                self.notifier.notify(
+                    "stop",
+                    "signal",
+                    f"{name}: checkpoint saved at step {state.global_step}, stopping",
+                    step=state.global_step,
+                    checkpoint=os.path.join(args.output_dir, f"checkpoint-{state.global_step}"),
+                )
         return control
 
     def on_train_end(self, args, state, control, **kwargs):

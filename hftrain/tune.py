@@ -23,7 +23,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .errors import ConfigError, HFTrainError
+from .errors import ConfigError, HFTrainError, report_user_error
 
 __all__ = ["SearchSpec", "load_search_space", "parse_search_space", "open_study", "run_study", "write_results", "main"]
 
@@ -31,10 +31,17 @@ DISTRIBUTIONS = ("loguniform", "uniform", "int", "categorical")
 METHODS = ("grid", "random", "tpe")
 PRUNERS = ("none", "median", "successive_halving")
 DIRECTIONS = ("minimize", "maximize")
-_PARAM_KEYS = {"loguniform": {"low", "high"}, "uniform": {"low", "high", "step"}, "int": {"low", "high", "step", "log"},
-               "categorical": {"choices"}}
-_PRUNER_KEYS = {"none": set(), "median": {"n_startup_trials", "n_warmup_steps"},
-                "successive_halving": {"min_resource", "reduction_factor"}}
+_PARAM_KEYS = {
+    "loguniform": {"low", "high"},
+    "uniform": {"low", "high", "step"},
+    "int": {"low", "high", "step", "log"},
+    "categorical": {"choices"},
+}
+_PRUNER_KEYS = {
+    "none": set(),
+    "median": {"n_startup_trials", "n_warmup_steps"},
+    "successive_halving": {"min_resource", "reduction_factor"},
+}
 _TOP_KEYS = {"study_name", "metric", "direction", "method", "pruner", "seed", "params", "enqueue"}
 
 
@@ -59,11 +66,13 @@ class SearchSpec:
             if kind == "categorical":
                 values[name] = trial.suggest_categorical(name, spec["choices"])
             elif kind == "int":
-                values[name] = trial.suggest_int(name, spec["low"], spec["high"], step=spec.get("step", 1),
-                                                 log=spec.get("log", False))
+                values[name] = trial.suggest_int(
+                    name, spec["low"], spec["high"], step=spec.get("step", 1), log=spec.get("log", False)
+                )
             else:
-                values[name] = trial.suggest_float(name, spec["low"], spec["high"], log=kind == "loguniform",
-                                                   step=spec.get("step"))
+                values[name] = trial.suggest_float(
+                    name, spec["low"], spec["high"], log=kind == "loguniform", step=spec.get("step")
+                )
         return values
 
     def grid(self) -> dict[str, list]:
@@ -75,8 +84,10 @@ class SearchSpec:
             elif spec["type"] == "int" and not spec.get("log"):
                 grid[name] = list(range(spec["low"], spec["high"] + 1, spec.get("step", 1)))
             else:
-                raise ConfigError(f"search space params.{name}: method grid needs categorical or int parameters, "
-                                  f"got {spec['type']} (use categorical choices for a grid over floats)")
+                raise ConfigError(
+                    f"search space params.{name}: method grid needs categorical or int parameters, "
+                    f"got {spec['type']} (use categorical choices for a grid over floats)"
+                )
         return grid
 
 
@@ -86,7 +97,11 @@ def _number(value: Any, where: str, integer: bool = False) -> float:
             value = float(value)
         except ValueError:
             pass
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and math.isnan(value)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (isinstance(value, float) and math.isnan(value))
+    ):
         raise ConfigError(f"search space {where}: expected a number, got {value!r}")
     if integer:
         if float(value) != int(value):
@@ -98,15 +113,20 @@ def _number(value: Any, where: str, integer: bool = False) -> float:
 def _check_param(name: str, spec: Any) -> dict[str, Any]:
     where = f"params.{name}"
     if not isinstance(spec, dict) or "type" not in spec:
-        raise ConfigError(f"search space {where}: expected a mapping with 'type' (one of {', '.join(DISTRIBUTIONS)}), "
-                          f"got {spec!r}")
+        raise ConfigError(
+            f"search space {where}: expected a mapping with 'type' (one of {', '.join(DISTRIBUTIONS)}), got {spec!r}"
+        )
     kind = spec["type"]
     if kind not in DISTRIBUTIONS:
-        raise ConfigError(f"search space {where}.type: unknown distribution {kind!r} (allowed: {', '.join(DISTRIBUTIONS)})")
+        raise ConfigError(
+            f"search space {where}.type: unknown distribution {kind!r} (allowed: {', '.join(DISTRIBUTIONS)})"
+        )
     unknown = set(spec) - _PARAM_KEYS[kind] - {"type"}
     if unknown:
-        raise ConfigError(f"search space {where}: unknown key(s) {', '.join(sorted(unknown))} for {kind} "
-                          f"(allowed: {', '.join(sorted(_PARAM_KEYS[kind]))})")
+        raise ConfigError(
+            f"search space {where}: unknown key(s) {', '.join(sorted(unknown))} for {kind} "
+            f"(allowed: {', '.join(sorted(_PARAM_KEYS[kind]))})"
+        )
     out: dict[str, Any] = {"type": kind}
     if kind == "categorical":
         choices = spec.get("choices")
@@ -147,14 +167,18 @@ def parse_search_space(data: Any, source: str = "search space") -> SearchSpec:
         raise ConfigError(f"{source}: expected a mapping with 'params', got {type(data).__name__}")
     unknown = set(data) - _TOP_KEYS
     if unknown:
-        raise ConfigError(f"search space: unknown key(s) {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(_TOP_KEYS))})")
+        raise ConfigError(
+            f"search space: unknown key(s) {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(_TOP_KEYS))})"
+        )
     params = data.get("params")
     if not isinstance(params, dict) or not params:
         raise ConfigError("search space params: expected a non-empty mapping of recipe field -> distribution")
     spec = SearchSpec(params={str(k): _check_param(str(k), v) for k, v in params.items()})
     if "metric" in data:
         if not isinstance(data["metric"], str) or not data["metric"].strip():
-            raise ConfigError(f"search space metric: expected an eval metric name such as eval_loss, got {data['metric']!r}")
+            raise ConfigError(
+                f"search space metric: expected an eval metric name such as eval_loss, got {data['metric']!r}"
+            )
         spec.metric = data["metric"].strip()
     if not spec.metric.startswith("eval_"):  # Trainer.evaluate prefixes every metric with eval_
         spec.metric = f"eval_{spec.metric}"
@@ -177,8 +201,9 @@ def parse_search_space(data: Any, source: str = "search space") -> SearchSpec:
     for i, entry in enumerate(enqueue):
         extra = set(entry) - set(spec.params)
         if extra:
-            raise ConfigError(f"search space enqueue[{i}]: {', '.join(sorted(extra))} not in params "
-                              f"({', '.join(spec.params)})")
+            raise ConfigError(
+                f"search space enqueue[{i}]: {', '.join(sorted(extra))} not in params ({', '.join(spec.params)})"
+            )
     spec.enqueue = enqueue
     if spec.method == "grid":
         spec.grid()  # raises for parameters a grid cannot enumerate
@@ -193,10 +218,14 @@ def _check_pruner(value: Any) -> dict[str, Any]:
     pruner = {"type": pruner.get("type") or "none", **{k: v for k, v in pruner.items() if k != "type"}}
     unknown = set(pruner) - {"type"} - _PRUNER_KEYS[pruner["type"]]
     if unknown:
-        raise ConfigError(f"search space pruner: unknown key(s) {', '.join(sorted(unknown))} for {pruner['type']} "
-                          f"(allowed: {', '.join(sorted(_PRUNER_KEYS[pruner['type']])) or 'none'})")
+        raise ConfigError(
+            f"search space pruner: unknown key(s) {', '.join(sorted(unknown))} for {pruner['type']} "
+            f"(allowed: {', '.join(sorted(_PRUNER_KEYS[pruner['type']])) or 'none'})"
+        )
     for key in set(pruner) - {"type"}:
-        if _number(pruner[key], f"pruner.{key}", integer=key != "reduction_factor") < (2 if key == "reduction_factor" else 0):
+        if _number(pruner[key], f"pruner.{key}", integer=key != "reduction_factor") < (
+            2 if key == "reduction_factor" else 0
+        ):
             raise ConfigError(f"search space pruner.{key}: out of range, got {pruner[key]!r}")
     return pruner
 
@@ -256,8 +285,14 @@ def open_study(storage_path: str, study_name: str, spec: SearchSpec, heartbeat_i
                 grace_period=2 * heartbeat_interval,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
             )
-            study = optuna.create_study(storage=storage, study_name=study_name, direction=spec.direction,
-                                        sampler=_sampler(spec), pruner=_pruner(spec), load_if_exists=True)
+            study = optuna.create_study(
+                storage=storage,
+                study_name=study_name,
+                direction=spec.direction,
+                sampler=_sampler(spec),
+                pruner=_pruner(spec),
+                load_if_exists=True,
+            )
             break
         except (OperationalError, IntegrityError) as exc:  # locked, or lost the schema-creation race
             last_error = exc
@@ -265,8 +300,10 @@ def open_study(storage_path: str, study_name: str, spec: SearchSpec, heartbeat_i
     else:
         raise HFTrainError(f"--storage {storage_path}: could not open the study database ({last_error})")
     if study.direction.name.lower() != spec.direction:
-        raise ConfigError(f"direction: study {study_name!r} in {storage_path} was created with "
-                          f"{study.direction.name.lower()}, the search space says {spec.direction}")
+        raise ConfigError(
+            f"direction: study {study_name!r} in {storage_path} was created with "
+            f"{study.direction.name.lower()}, the search space says {spec.direction}"
+        )
     if spec.enqueue and not study.trials:  # only the first worker of a fresh study enqueues the starting points
         for params in spec.enqueue:
             study.enqueue_trial(params, skip_if_exists=True)
@@ -315,7 +352,9 @@ def _recipe_main(recipe: str):
     namespace = runpy.run_path(recipe)
     main = namespace.get("main")
     if main is None or "callbacks" not in inspect.signature(main).parameters:
-        raise ConfigError(f"recipe: {recipe} has no main(argv, callbacks=...) to tune (recipes/sft.py, dpo.py, seq2seq.py and pretrain.py have one)")
+        raise ConfigError(
+            f"recipe: {recipe} has no main(argv, callbacks=...) to tune (recipes/sft.py, dpo.py, seq2seq.py and pretrain.py have one)"
+        )
     return namespace
 
 
@@ -341,8 +380,18 @@ def _flag(name: str, value: Any) -> list[str]:
     return [f"--{name}", str(value).lower() if isinstance(value, bool) else str(value)]
 
 
-def run_study(recipe: str, spec: SearchSpec, *, n_trials: int, recipe_argv: list[str], output_dir: str,
-              storage: str, study_name: str, heartbeat_interval: int = 30, log=print):
+def run_study(
+    recipe: str,
+    spec: SearchSpec,
+    *,
+    n_trials: int,
+    recipe_argv: list[str],
+    output_dir: str,
+    storage: str,
+    study_name: str,
+    heartbeat_interval: int = 30,
+    log=print,
+):
     """Run trials of the study until it holds `n_trials` finished (complete or pruned) trials, counting those of
     earlier and concurrent workers. Returns the study."""
     import optuna
@@ -368,9 +417,17 @@ def run_study(recipe: str, spec: SearchSpec, *, n_trials: int, recipe_argv: list
             argv += _flag(name, value)
         # Later flags win: each trial gets its own folder, never resumes another trial's checkpoint, and lands in
         # the study's experiment with tags that say which study and trial it is.
-        argv += ["--output_dir", trial_dir, "--auto_resume", "false", "--tracker_experiment", study_name,
-                 "--tracker_tags", f"study={study_name},trial_number={trial.number},study_metric={spec.metric},"
-                 f"study_direction={spec.direction}"]
+        argv += [
+            "--output_dir",
+            trial_dir,
+            "--auto_resume",
+            "false",
+            "--tracker_experiment",
+            study_name,
+            "--tracker_tags",
+            f"study={study_name},trial_number={trial.number},study_metric={spec.metric},"
+            f"study_direction={spec.direction}",
+        ]
         callback = _trial_callback(trial, spec.metric)
         log(f"[hftrain] tune: trial {trial.number} {values}")
         trainer, metrics = recipe_main(argv, callbacks=[callback])
@@ -381,8 +438,10 @@ def run_study(recipe: str, spec: SearchSpec, *, n_trials: int, recipe_argv: list
         elif callback.values:
             value = callback.values[max(callback.values)]
         else:
-            raise ConfigError(f"metric: {spec.metric!r} is not among the trial's eval metrics "
-                              f"({', '.join(sorted(metrics or {})) or 'none: set eval_strategy and an eval split'})")
+            raise ConfigError(
+                f"metric: {spec.metric!r} is not among the trial's eval metrics "
+                f"({', '.join(sorted(metrics or {})) or 'none: set eval_strategy and an eval split'})"
+            )
         _record_trial(trainer, value, pruned=callback.pruned)
         if callback.pruned:
             log(f"[hftrain] tune: trial {trial.number} pruned at {spec.metric}={value:.6g}")
@@ -423,8 +482,9 @@ def _record_trial(trainer, value: float, pruned: bool) -> None:
 
 
 # -- results -----------------------------------------------------------------------------------------------------
-def write_results(study, spec: SearchSpec, *, recipe_namespace: Optional[dict], recipe_argv: list[str],
-                  output_dir: str) -> dict[str, Optional[str]]:
+def write_results(
+    study, spec: SearchSpec, *, recipe_namespace: Optional[dict], recipe_argv: list[str], output_dir: str
+) -> dict[str, Optional[str]]:
     """Best params as a recipe config YAML (the recipe's base config + command-line overrides + best params) and
     parameter importances (Optuna's default evaluator) as JSON. Returns the paths written."""
     import optuna
@@ -446,13 +506,21 @@ def write_results(study, spec: SearchSpec, *, recipe_namespace: Optional[dict], 
     config.update(best.params)
     config["output_dir"] = os.path.join(output_dir, "best")
     best_path = os.path.join(output_dir, "best_config.yaml")
-    header = (f"# Best trial {best.number} of study {study.study_name!r}: {spec.metric} = {best.value:.6g} "
-              f"({spec.direction}).\n# Base: {base_path or 'none'}; then the tune command line; then the best params.\n")
+    header = (
+        f"# Best trial {best.number} of study {study.study_name!r}: {spec.metric} = {best.value:.6g} "
+        f"({spec.direction}).\n# Base: {base_path or 'none'}; then the tune command line; then the best params.\n"
+    )
     with open(best_path, "w", encoding="utf-8") as handle:
         handle.write(header + yaml.safe_dump(config, sort_keys=False))
     paths["best_config"] = best_path
-    importances: dict[str, Any] = {"study": study.study_name, "metric": spec.metric, "best_trial": best.number,
-                                   "best_value": best.value, "best_params": best.params, "n_complete": len(completed)}
+    importances: dict[str, Any] = {
+        "study": study.study_name,
+        "metric": spec.metric,
+        "best_trial": best.number,
+        "best_value": best.value,
+        "best_params": best.params,
+        "n_complete": len(completed),
+    }
     try:
         if len(completed) < 2:  # one point says nothing about which parameter matters
             raise ValueError(f"{len(completed)} complete trial(s); need at least 2")
@@ -475,23 +543,46 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Example: hftrain tune recipes/sft.py --search_space space.yaml --n_trials 20 --max_steps 200",
     )
     p.add_argument("recipe", help="recipe script with main(argv, callbacks=...), e.g. recipes/sft.py")
-    p.add_argument("--search_space", required=True, help="YAML: params (loguniform|uniform|int|categorical), metric, "
-                   "direction, method (grid|random|tpe), pruner (none|median|successive_halving), seed, enqueue")
-    p.add_argument("--n_trials", type=int, default=None,
-                   help="finished trials the study should hold in total (default: the grid size, or 20)")
-    p.add_argument("--study_name", default=None, help="study and tracker experiment name (default: from the space, "
-                   "else <recipe>-tune)")
-    p.add_argument("--storage", default=None, help="Optuna SQLite file (default: optuna_studies.db beside the "
-                   "tracker database)")
-    p.add_argument("--tune_dir", default=None, help="trial folders, best_config.yaml, importances.json "
-                   "(default: outputs/tune/<study_name>)")
+    p.add_argument(
+        "--search_space",
+        required=True,
+        help="YAML: params (loguniform|uniform|int|categorical), metric, "
+        "direction, method (grid|random|tpe), pruner (none|median|successive_halving), seed, enqueue",
+    )
+    p.add_argument(
+        "--n_trials",
+        type=int,
+        default=None,
+        help="finished trials the study should hold in total (default: the grid size, or 20)",
+    )
+    p.add_argument(
+        "--study_name",
+        default=None,
+        help="study and tracker experiment name (default: from the space, else <recipe>-tune)",
+    )
+    p.add_argument(
+        "--storage", default=None, help="Optuna SQLite file (default: optuna_studies.db beside the tracker database)"
+    )
+    p.add_argument(
+        "--tune_dir",
+        default=None,
+        help="trial folders, best_config.yaml, importances.json (default: outputs/tune/<study_name>)",
+    )
     p.add_argument("--method", choices=METHODS, default=None, help="override the space's method")
     p.add_argument("--pruner", choices=PRUNERS, default=None, help="override the space's pruner")
-    p.add_argument("--worker_index", type=int, default=0,
-                   help="0, 1, ... for each process running the same study at once: offsets the sampler seed so "
-                   "workers do not sample the same points")
-    p.add_argument("--heartbeat_interval", type=int, default=30,
-                   help="seconds; a trial whose worker stopped beating for twice this is failed and retried once")
+    p.add_argument(
+        "--worker_index",
+        type=int,
+        default=0,
+        help="0, 1, ... for each process running the same study at once: offsets the sampler seed so "
+        "workers do not sample the same points",
+    )
+    p.add_argument(
+        "--heartbeat_interval",
+        type=int,
+        default=30,
+        help="seconds; a trial whose worker stopped beating for twice this is failed and retried once",
+    )
     return p
 
 
@@ -519,26 +610,42 @@ def main(argv: Optional[list[str]] = None) -> int:
         n_trials = args.n_trials or (math.prod(len(v) for v in spec.grid().values()) if spec.method == "grid" else 20)
         from .tracking.store import default_db_path
 
-        storage = args.storage or os.path.join(os.path.dirname(os.path.abspath(default_db_path())), "optuna_studies.db")
+        storage = args.storage or os.path.join(
+            os.path.dirname(os.path.abspath(default_db_path())), "optuna_studies.db"
+        )
         tune_dir = args.tune_dir or os.path.join("outputs", "tune", study_name)
-        print(f"[hftrain] tune: study {study_name!r} in {storage}; {spec.method}, pruner {spec.pruner['type']}, "
-              f"{spec.direction} {spec.metric}, {n_trials} trials")
-        study = run_study(args.recipe, spec, n_trials=n_trials, recipe_argv=recipe_argv, output_dir=tune_dir,
-                          storage=storage, study_name=study_name, heartbeat_interval=args.heartbeat_interval)
-        paths = write_results(study, spec, recipe_namespace=_recipe_main(args.recipe), recipe_argv=recipe_argv,
-                              output_dir=tune_dir)
+        print(
+            f"[hftrain] tune: study {study_name!r} in {storage}; {spec.method}, pruner {spec.pruner['type']}, "
+            f"{spec.direction} {spec.metric}, {n_trials} trials"
+        )
+        study = run_study(
+            args.recipe,
+            spec,
+            n_trials=n_trials,
+            recipe_argv=recipe_argv,
+            output_dir=tune_dir,
+            storage=storage,
+            study_name=study_name,
+            heartbeat_interval=args.heartbeat_interval,
+        )
+        paths = write_results(
+            study, spec, recipe_namespace=_recipe_main(args.recipe), recipe_argv=recipe_argv, output_dir=tune_dir
+        )
     except HFTrainError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return report_user_error(exc)
     states: dict[str, int] = {}
     for t in study.trials:
         states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
     print(f"[hftrain] tune: trials {', '.join(f'{n} {s}' for s, n in sorted(states.items()))}")
     if paths["best_config"]:
-        print(f"[hftrain] tune: best trial {study.best_trial.number}: {spec.metric}={study.best_value:.6g} "
-              f"{study.best_params}")
+        print(
+            f"[hftrain] tune: best trial {study.best_trial.number}: {spec.metric}={study.best_value:.6g} "
+            f"{study.best_params}"
+        )
         print(f"[hftrain] tune: best config: {os.path.abspath(paths['best_config'])}")
         print(f"[hftrain] tune: importances: {os.path.abspath(paths['importances'])}")
-    print(f"[hftrain] tune: trials are runs of experiment {study_name!r}: `hftrain runs list --experiment "
-          f"{study_name}`, `hftrain runs report --experiment {study_name}`")
+    print(
+        f"[hftrain] tune: trials are runs of experiment {study_name!r}: `hftrain runs list --experiment "
+        f"{study_name}`, `hftrain runs report --experiment {study_name}`"
+    )
     return 0

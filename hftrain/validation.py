@@ -7,12 +7,12 @@ with fixes is in README.md ("Troubleshooting: the bad-input catalogue").
 from __future__ import annotations
 
 import math
-import os
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional
 
 from .errors import DataError
 
 __all__ = ["check_training_data", "validate_dataset", "validate_finite", "validate_labels"]
+
 
 # --- datasets ---------------------------------------------------------------------------------------------------
 def _columns(dataset: Any) -> list[str]:
@@ -38,11 +38,14 @@ def validate_dataset(dataset: Any, required_columns: Iterable[str] = (), name: s
     present = _columns(dataset)
     missing = [c for c in required_columns if c not in present]
     if missing:
-        raise DataError(f"{name}: missing column(s) {', '.join(missing)}; the dataset has {', '.join(present) or 'none'}")
+        raise DataError(
+            f"{name}: missing column(s) {', '.join(missing)}; the dataset has {', '.join(present) or 'none'}"
+        )
 
 
-def validate_labels(dataset: Any, name: str = "train_dataset", column: str = "labels", ignore_index: int = -100,
-                    max_rows: int = 10_000) -> None:
+def validate_labels(
+    dataset: Any, name: str = "train_dataset", column: str = "labels", ignore_index: int = -100, max_rows: int = 10_000
+) -> None:
     """Fail when every label in the first `max_rows` rows is `ignore_index`: the loss would be 0/0 (NaN)."""
     if column not in _columns(dataset):
         return
@@ -51,8 +54,10 @@ def validate_labels(dataset: Any, name: str = "train_dataset", column: str = "la
         values = row if isinstance(row, (list, tuple)) else getattr(row, "tolist", lambda: [row])()
         if any(v != ignore_index for v in _flat(values)):
             return
-    raise DataError(f"{name}: every label in column '{column}' is masked ({ignore_index}) in the {len(rows)} rows "
-                    "checked, so there is nothing to learn; check the completion/assistant masking and max_length")
+    raise DataError(
+        f"{name}: every label in column '{column}' is masked ({ignore_index}) in the {len(rows)} rows "
+        "checked, so there is nothing to learn; check the completion/assistant masking and max_length"
+    )
 
 
 def _flat(values: Any) -> Iterable[Any]:
@@ -63,8 +68,9 @@ def _flat(values: Any) -> Iterable[Any]:
             yield v
 
 
-def validate_finite(dataset: Any, columns: Optional[Iterable[str]] = None, name: str = "train_dataset",
-                    max_rows: int = 100_000) -> None:
+def validate_finite(
+    dataset: Any, columns: Optional[Iterable[str]] = None, name: str = "train_dataset", max_rows: int = 100_000
+) -> None:
     """Fail when a float column (or list-of-floats column) holds NaN or Inf; names the column and the first row."""
     features = getattr(dataset, "features", None)
     names = list(columns) if columns is not None else _columns(dataset)
@@ -77,8 +83,10 @@ def validate_finite(dataset: Any, columns: Optional[Iterable[str]] = None, name:
             items = _flat(value) if isinstance(value, (list, tuple)) else (value,)
             bad = next((v for v in items if isinstance(v, float) and not math.isfinite(v)), None)
             if bad is not None:
-                raise DataError(f"{name}: column '{column}' holds a non-finite value ({bad}) in row {i}; "
-                                "drop or fix such rows before training")
+                raise DataError(
+                    f"{name}: column '{column}' holds a non-finite value ({bad}) in row {i}; "
+                    "drop or fix such rows before training"
+                )
 
 
 def check_training_data(train_dataset: Any, eval_dataset: Any = None) -> None:

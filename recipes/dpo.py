@@ -54,8 +54,10 @@ class DPOScriptArguments:
 
     sft_output_dir: str = field(
         default="outputs/sft-default",
-        metadata={"help": "Without `model_name_or_path`: start from this SFT output when it holds a model, "
-                  "else from the embedded tiny model. Empty: always the embedded model."},
+        metadata={
+            "help": "Without `model_name_or_path`: start from this SFT output when it holds a model, "
+            "else from the embedded tiny model. Empty: always the embedded model."
+        },
     )
 
 
@@ -126,9 +128,14 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
     train_with_resume(trainer, checkpoint)
 
     # 6-8. Save, evaluate, card, push, and say where everything is.
-    metrics = finish_run(trainer, model_args=model_args, recipe="dpo",
-                         dataset=script_args.dataset_name or "arithmetic-preferences", task="text-generation",
-                         push_target=push_target)
+    metrics = finish_run(
+        trainer,
+        model_args=model_args,
+        recipe="dpo",
+        dataset=script_args.dataset_name or "arithmetic-preferences",
+        task="text-generation",
+        push_target=push_target,
+    )
     if is_main_process() and "eval_rewards/accuracies" in metrics:
         print(f"[hftrain] held-out preference accuracy after training: {metrics['eval_rewards/accuracies']:.1%}")
     return trainer, metrics

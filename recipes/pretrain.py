@@ -68,11 +68,16 @@ def build_from_config(model_args, tokenizer):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
-        config = AutoConfig.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision,
-                                            trust_remote_code=model_args.trust_remote_code)
+        config = AutoConfig.from_pretrained(
+            model_args.model_name_or_path,
+            revision=model_args.model_revision,
+            trust_remote_code=model_args.trust_remote_code,
+        )
     except Exception as exc:
-        raise ModelLoadError(f"model_name_or_path: could not load the config of {model_args.model_name_or_path!r} "
-                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
+        raise ModelLoadError(
+            f"model_name_or_path: could not load the config of {model_args.model_name_or_path!r} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        ) from exc
     config.vocab_size = max(config.vocab_size, len(tokenizer))
     return AutoModelForCausalLM.from_config(config, trust_remote_code=model_args.trust_remote_code)
 
@@ -86,7 +91,7 @@ def group_texts(dataset, tokenizer, column: str, block_size: int):
     def chunk(batch):
         ids = [token for row in batch["input_ids"] for token in row]
         usable = len(ids) // block_size * block_size  # the tail shorter than a block is dropped
-        return {"input_ids": [ids[i:i + block_size] for i in range(0, usable, block_size)]}
+        return {"input_ids": [ids[i : i + block_size] for i in range(0, usable, block_size)]}
 
     tokens = dataset.map(tokenize, batched=True, remove_columns=dataset.column_names)
     return tokens.map(chunk, batched=True, batch_size=1000, remove_columns=tokens.column_names)
@@ -95,7 +100,9 @@ def group_texts(dataset, tokenizer, column: str, block_size: int):
 def parse_args(argv: Optional[list[str]] = None):
     """The recipe's arguments (also what `hftrain tune` checks searched fields against); with no `--config`, the
     bundled default config is the base."""
-    return parse_recipe_args(argv, (ScriptArguments, TrainingArguments, ModelArguments, PretrainArguments), DEFAULT_CONFIG)
+    return parse_recipe_args(
+        argv, (ScriptArguments, TrainingArguments, ModelArguments, PretrainArguments), DEFAULT_CONFIG
+    )
 
 
 def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
@@ -105,8 +112,9 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
     push_target = start_run(training_args, model_args)
 
     # 2. Data: the standard library's docstrings, or any dataset with a text column.
-    train_dataset, eval_dataset = load_dataset_splits(script_args, bundled=stdlib_docstring_splits,
-                                                      seed=training_args.seed)
+    train_dataset, eval_dataset = load_dataset_splits(
+        script_args, bundled=stdlib_docstring_splits, seed=training_args.seed
+    )
     require_columns(train_dataset, [(pretrain_args.text_column,)], "text_column")
 
     # 3. Model from a config (random weights) and its tokenizer (the embedded byte-level one by default).
@@ -118,8 +126,10 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
         if eval_dataset is not None:
             eval_dataset = group_texts(eval_dataset, tokenizer, pretrain_args.text_column, pretrain_args.block_size)
     if is_main_process():
-        print(f"[hftrain] {len(train_dataset):,} training blocks of {pretrain_args.block_size} tokens; model "
-              f"{sum(p.numel() for p in model.parameters()):,} parameters")
+        print(
+            f"[hftrain] {len(train_dataset):,} training blocks of {pretrain_args.block_size} tokens; model "
+            f"{sum(p.numel() for p in model.parameters()):,} parameters"
+        )
 
     # 4. Trainer: hftrain's Trainer; the collator copies inputs to labels (the model shifts them).
     trainer = Trainer(
@@ -136,9 +146,14 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
     train_with_resume(trainer, checkpoint)
 
     # 6-8. Save, evaluate, card, push, and say where everything is.
-    metrics = finish_run(trainer, model_args=model_args, recipe="pretrain",
-                         dataset=script_args.dataset_name or "python-stdlib-docstrings", task="text-generation",
-                         push_target=push_target)
+    metrics = finish_run(
+        trainer,
+        model_args=model_args,
+        recipe="pretrain",
+        dataset=script_args.dataset_name or "python-stdlib-docstrings",
+        task="text-generation",
+        push_target=push_target,
+    )
     if is_main_process() and "eval_loss" in metrics:
         ppl = metrics.get("eval_perplexity", math.exp(min(metrics["eval_loss"], 50)))
         print(f"[hftrain] held-out perplexity: {ppl:.2f} (per byte-level token for the default tokenizer)")

@@ -67,8 +67,9 @@ def tokenize_pairs(dataset, tokenizer, data_args):
         sources = [data_args.source_prefix + str(s) for s in batch[data_args.source_column]]
         targets = [str(t) + suffix for t in batch[data_args.target_column]]
         encoded = tokenizer(sources, max_length=data_args.max_source_length, truncation=True)
-        encoded["labels"] = tokenizer(text_target=targets, max_length=data_args.max_target_length,
-                                      truncation=True)["input_ids"]
+        encoded["labels"] = tokenizer(text_target=targets, max_length=data_args.max_target_length, truncation=True)[
+            "input_ids"
+        ]
         encoded["source"], encoded["target"] = sources, [str(t) for t in batch[data_args.target_column]]
         return encoded
 
@@ -84,14 +85,18 @@ def show_examples(trainer, eval_dataset, count: int = 3) -> None:
     batch = tokenizer(list(rows["source"]), return_tensors="pt", padding=True).to(model.device)
     with torch.no_grad():
         output = model.generate(**batch, max_new_tokens=trainer.args.eval_max_new_tokens, do_sample=False)
-    for source, generated, target in zip(rows["source"], tokenizer.batch_decode(output, skip_special_tokens=True), rows["target"]):
+    for source, generated, target in zip(
+        rows["source"], tokenizer.batch_decode(output, skip_special_tokens=True), rows["target"]
+    ):
         print(f"[hftrain] {source!r} -> {generated.strip()!r} (reference {target!r})")
 
 
 def parse_args(argv: Optional[list[str]] = None):
     """The recipe's arguments (also what `hftrain tune` checks searched fields against); with no `--config`, the
     bundled default config is the base."""
-    return parse_recipe_args(argv, (ScriptArguments, Seq2SeqTrainingArguments, ModelArguments, Seq2SeqDataArguments), DEFAULT_CONFIG)
+    return parse_recipe_args(
+        argv, (ScriptArguments, Seq2SeqTrainingArguments, ModelArguments, Seq2SeqDataArguments), DEFAULT_CONFIG
+    )
 
 
 def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
@@ -134,9 +139,14 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
     train_with_resume(trainer, checkpoint)
 
     # 6-8. Save, evaluate, card, push, and say where everything is.
-    metrics = finish_run(trainer, model_args=model_args, recipe="seq2seq",
-                         dataset=script_args.dataset_name or "number-spelling", task="text2text-generation",
-                         push_target=push_target)
+    metrics = finish_run(
+        trainer,
+        model_args=model_args,
+        recipe="seq2seq",
+        dataset=script_args.dataset_name or "number-spelling",
+        task="text2text-generation",
+        push_target=push_target,
+    )
     if is_main_process() and "eval_exact_match" in metrics:
         print(f"[hftrain] held-out exact match: {metrics['eval_exact_match']:.1%}")
     if is_main_process() and eval_dataset is not None:

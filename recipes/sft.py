@@ -25,8 +25,8 @@ from hftrain import ModelArguments, ScriptArguments, SFTConfig, SFTTrainer
 from hftrain.builtin import arithmetic_splits
 from hftrain.recipe_utils import (
     SFT_FORMATS,
-    default_curriculum_only_for_bundled_data,
     apply_peft,
+    default_curriculum_only_for_bundled_data,
     find_resume_checkpoint,
     finish_run,
     greedy_exact_match,
@@ -54,7 +54,10 @@ def prompts_and_answers(dataset, tokenizer, columns):
     if columns == ("prompt", "completion") and isinstance(dataset[0]["prompt"], str):
         return list(dataset["prompt"]), list(dataset["completion"])
     if columns == ("messages",):
-        prompts = [tokenizer.apply_chat_template(m[:-1], tokenize=False, add_generation_prompt=True) for m in dataset["messages"]]
+        prompts = [
+            tokenizer.apply_chat_template(m[:-1], tokenize=False, add_generation_prompt=True)
+            for m in dataset["messages"]
+        ]
         return prompts, [m[-1]["content"] for m in dataset["messages"]]
     return None, None  # plain text or other layouts have no prompt/answer split
 
@@ -92,7 +95,9 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
         callbacks=callbacks,
     )
 
-    prompts, answers = prompts_and_answers(eval_dataset, tokenizer, columns) if eval_dataset is not None else (None, None)
+    prompts, answers = (
+        prompts_and_answers(eval_dataset, tokenizer, columns) if eval_dataset is not None else (None, None)
+    )
     if prompts is not None and checkpoint is None:
         before = greedy_exact_match(trainer.model, tokenizer, prompts, answers)
         if is_main_process():
@@ -102,8 +107,14 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
     train_with_resume(trainer, checkpoint)
 
     # 6-7. Save, evaluate, card, push (hftrain.recipe_utils.finish_run), and say where everything is.
-    metrics = finish_run(trainer, model_args=model_args, recipe="sft", dataset=script_args.dataset_name or "arithmetic",
-                         task="text-generation", push_target=push_target)
+    metrics = finish_run(
+        trainer,
+        model_args=model_args,
+        recipe="sft",
+        dataset=script_args.dataset_name or "arithmetic",
+        task="text-generation",
+        push_target=push_target,
+    )
     if prompts is not None:
         after = greedy_exact_match(trainer.model, tokenizer, prompts, answers)
         if is_main_process():

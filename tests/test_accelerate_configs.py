@@ -15,9 +15,17 @@ def load(name):
 
 
 def test_every_expected_config_exists():
-    assert sorted(os.listdir(CONFIGS)) == sorted([
-        "cpu_ddp.yaml", "single_gpu.yaml", "multi_gpu.yaml", "deepspeed_zero2.yaml", "deepspeed_zero3.yaml",
-        "deepspeed_zero3_offload.yaml", "fsdp.yaml"])
+    assert sorted(os.listdir(CONFIGS)) == sorted(
+        [
+            "cpu_ddp.yaml",
+            "single_gpu.yaml",
+            "multi_gpu.yaml",
+            "deepspeed_zero2.yaml",
+            "deepspeed_zero3.yaml",
+            "deepspeed_zero3_offload.yaml",
+            "fsdp.yaml",
+        ]
+    )
 
 
 def test_cpu_and_gpu_configs():
@@ -29,8 +37,14 @@ def test_cpu_and_gpu_configs():
     assert multi.distributed_type == DistributedType.MULTI_GPU and multi.num_processes > 1 and not multi.use_cpu
 
 
-@pytest.mark.parametrize("name, stage, offload", [("deepspeed_zero2.yaml", 2, "none"), ("deepspeed_zero3.yaml", 3, "none"),
-                                                  ("deepspeed_zero3_offload.yaml", 3, "cpu")])
+@pytest.mark.parametrize(
+    "name, stage, offload",
+    [
+        ("deepspeed_zero2.yaml", 2, "none"),
+        ("deepspeed_zero3.yaml", 3, "none"),
+        ("deepspeed_zero3_offload.yaml", 3, "cpu"),
+    ],
+)
 def test_deepspeed_configs(name, stage, offload):
     config = load(name)
     assert config.distributed_type == DistributedType.DEEPSPEED and config.mixed_precision == "bf16"

@@ -55,9 +55,19 @@ def hook():
 
 
 def test_anomaly_action_and_finish_alerts_reach_local_server(tmp_path, hook):
-    trainer = InjectingTrainer(model=tiny_model(), train_dataset=token_rows(), nan_at=[3],
-                               args=make_args(str(tmp_path / "out"), max_steps=6, save_strategy="steps",
-                                              save_steps=6, alert_webhook_url=hook.url, run_name="alert-run"))
+    trainer = InjectingTrainer(
+        model=tiny_model(),
+        train_dataset=token_rows(),
+        nan_at=[3],
+        args=make_args(
+            str(tmp_path / "out"),
+            max_steps=6,
+            save_strategy="steps",
+            save_steps=6,
+            alert_webhook_url=hook.url,
+            run_name="alert-run",
+        ),
+    )
     trainer.train()
     assert notifier_of(trainer).sender.flush(10)
     kinds = [(b["event"], b["kind"], b["step"]) for b in hook.bodies]
@@ -69,8 +79,12 @@ def test_anomaly_action_and_finish_alerts_reach_local_server(tmp_path, hook):
 
 
 def test_failure_alert_and_the_error_still_propagates(tmp_path, hook):
-    trainer = InjectingTrainer(model=tiny_model(), train_dataset=token_rows(), raise_at=2,
-                               args=make_args(str(tmp_path / "out"), max_steps=6, alert_webhook_url=hook.url))
+    trainer = InjectingTrainer(
+        model=tiny_model(),
+        train_dataset=token_rows(),
+        raise_at=2,
+        args=make_args(str(tmp_path / "out"), max_steps=6, alert_webhook_url=hook.url),
+    )
     with pytest.raises(RuntimeError, match="injected failure"):
         trainer.train()
     assert notifier_of(trainer).sender.flush(10)
@@ -82,9 +96,14 @@ def test_hanging_webhook_never_blocks_training_and_retries_are_bounded(tmp_path)
     gate = threading.Event()  # the server holds every response until the test releases it
     hook = Hook(gate)
     try:
-        trainer = InjectingTrainer(model=tiny_model(), train_dataset=token_rows(), nan_at=[2],
-                                   args=make_args(str(tmp_path / "out"), max_steps=4, alert_webhook_url=hook.url,
-                                                  alert_timeout=0.5, alert_retries=1))
+        trainer = InjectingTrainer(
+            model=tiny_model(),
+            train_dataset=token_rows(),
+            nan_at=[2],
+            args=make_args(
+                str(tmp_path / "out"), max_steps=4, alert_webhook_url=hook.url, alert_timeout=0.5, alert_retries=1
+            ),
+        )
         trainer.train()
         # Training finished although the first request has not been answered (it cannot be: the gate is shut).
         assert not gate.is_set() and trainer.state.global_step == 4
@@ -98,16 +117,34 @@ def test_hanging_webhook_never_blocks_training_and_retries_are_bounded(tmp_path)
 
 def test_dead_webhook_is_logged_not_raised(tmp_path):
     sender = WebhookSender("http://127.0.0.1:9/none", timeout=0.5, retries=1, backoff=0.01)  # port 9: discard, closed
-    assert sender.send({"event": "finish", "kind": "finish", "run_name": "r", "step": 1, "message": "m",
-                        "metrics": {}, "checkpoint": None, "time": 0})
+    assert sender.send(
+        {
+            "event": "finish",
+            "kind": "finish",
+            "run_name": "r",
+            "step": 1,
+            "message": "m",
+            "metrics": {},
+            "checkpoint": None,
+            "time": 0,
+        }
+    )
     assert sender.flush(10) and sender.failed == 1 and sender.sent == 0
 
 
 @pytest.mark.parametrize("fmt,key", [("slack", "text"), ("discord", "content")])
 def test_slack_and_discord_bodies_sent_to_local_server(hook, fmt, key):
     sender = WebhookSender(hook.url, fmt=fmt, timeout=2)
-    alert = {"event": "anomaly", "kind": "loss_spike", "run_name": "r1", "step": 7, "message": "loss 9.1 spiked",
-             "metrics": {"loss": float("nan")}, "checkpoint": "out/checkpoint-6", "time": 0}
+    alert = {
+        "event": "anomaly",
+        "kind": "loss_spike",
+        "run_name": "r1",
+        "step": 7,
+        "message": "loss 9.1 spiked",
+        "metrics": {"loss": float("nan")},
+        "checkpoint": "out/checkpoint-6",
+        "time": 0,
+    }
     sender.send(alert)
     assert sender.flush(10)
     (body,) = hook.bodies
@@ -116,8 +153,16 @@ def test_slack_and_discord_bodies_sent_to_local_server(hook, fmt, key):
 
 
 def test_auto_format_from_url():
-    alert = {"event": "finish", "kind": "finish", "run_name": "r", "step": 1, "message": "x" * 3000, "metrics": {},
-             "checkpoint": None, "time": 0}
+    alert = {
+        "event": "finish",
+        "kind": "finish",
+        "run_name": "r",
+        "step": 1,
+        "message": "x" * 3000,
+        "metrics": {},
+        "checkpoint": None,
+        "time": 0,
+    }
     assert WebhookSender("https://hooks.slack.com/services/T/B/x").format == "slack"
     assert WebhookSender("https://discord.com/api/webhooks/1/x").format == "discord"
     assert len(alert_body(alert, "discord")["content"]) == 2000

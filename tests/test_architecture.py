@@ -54,8 +54,13 @@ def test_construction_is_pure(tmp_path, monkeypatch):
     """No probing, no I/O, no mutation: a GPU-less two-process launch and a preset change nothing at construction."""
     monkeypatch.setattr("hftrain.launch.world_size_from_env", lambda: 2)  # what a two-process launch announces
     monkeypatch.setattr("hftrain.launch.accelerator_visible", lambda: False)
-    args = hftrain.TrainingArguments(str(tmp_path / "o"), global_batch_size=16, per_device_train_batch_size=4,
-                                     optimization_level="light", report_to="none")
+    args = hftrain.TrainingArguments(
+        str(tmp_path / "o"),
+        global_batch_size=16,
+        per_device_train_batch_size=4,
+        optimization_level="light",
+        report_to="none",
+    )
     assert args.use_cpu is False and args.gradient_accumulation_steps == 1 and not args.bf16
     assert not (tmp_path / "o").exists()
     resolved = hftrain.resolve_arguments(args)
@@ -85,7 +90,13 @@ def test_with_every_feature_off_the_callback_list_is_the_parents(tmp_path, monke
     on = hftrain.Trainer(model, hftrain.TrainingArguments(str(tmp_path / "d"), **common))
     added = set(_callback_types(on)) - set(_callback_types(parent))
     # the README lists these among the deliberate differences
-    assert added == {"AlertCallback", "MonitorCallback", "SignalCallback", "CheckpointMarkerCallback", "TrackerCallback"}
+    assert added == {
+        "AlertCallback",
+        "MonitorCallback",
+        "SignalCallback",
+        "CheckpointMarkerCallback",
+        "TrackerCallback",
+    }
     assert set(_callback_types(with_parent_args)) - set(_callback_types(parent)) == added
     readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
     assert all(f"`{name}`" in readme for name in added)
@@ -98,8 +109,12 @@ def test_each_callback_can_be_switched_off_alone(field, tmp_path):
     tokenizer = build_tokenizer()
     args = hftrain.TrainingArguments(str(tmp_path), report_to="none", use_cpu=True, **{field: False})
     names = _callback_types(hftrain.Trainer(build_tiny_causal_lm(tokenizer, hidden_size=32), args))
-    owner = {"monitor": "MonitorCallback", "graceful_signals": "SignalCallback",
-             "checkpoint_marker": "CheckpointMarkerCallback", "tracker": "TrackerCallback"}[field]
+    owner = {
+        "monitor": "MonitorCallback",
+        "graceful_signals": "SignalCallback",
+        "checkpoint_marker": "CheckpointMarkerCallback",
+        "tracker": "TrackerCallback",
+    }[field]
     assert owner not in names
 
 
@@ -146,7 +161,7 @@ def test_no_import_cycle():
         state[node] = "open"
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == "open":
-                cycles.append(stack[stack.index(nxt):] + [nxt])
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt, stack + [nxt])
         state[node] = "done"
@@ -164,8 +179,10 @@ def test_configuration_is_a_leaf():
 
 
 # Private attributes of transformers'/TRL's trainers and accelerate's objects that features once reached into.
-_PRIVATE = re.compile(r"\._(tr_loss|load_from_checkpoint|load_optimizer_and_scheduler|train_batch_size|"
-                      r"globalstep_last_logged|compute_loss|prepare_inputs|metrics)\b|accelerator\.__dict__")
+_PRIVATE = re.compile(
+    r"\._(tr_loss|load_from_checkpoint|load_optimizer_and_scheduler|train_batch_size|"
+    r"globalstep_last_logged|compute_loss|prepare_inputs|metrics)\b|accelerator\.__dict__"
+)
 
 
 def test_only_the_host_adapter_touches_upstream_private_attributes():
@@ -185,8 +202,10 @@ def test_trainer_adapter_and_diffusion_loop_implement_the_contract(tmp_path):
     from hftrain.host import TrainingHost, host_of
 
     tokenizer = build_tokenizer()
-    trainer = hftrain.Trainer(build_tiny_causal_lm(tokenizer, hidden_size=32),
-                              hftrain.TrainingArguments(str(tmp_path), report_to="none", use_cpu=True))
+    trainer = hftrain.Trainer(
+        build_tiny_causal_lm(tokenizer, hidden_size=32),
+        hftrain.TrainingArguments(str(tmp_path), report_to="none", use_cpu=True),
+    )
     host = host_of(trainer)
     assert isinstance(host, TrainingHost) and host is host_of(trainer)
     assert host.batch_geometry().global_batch == 8 and host.checkpoint_format == "trainer"

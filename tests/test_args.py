@@ -23,8 +23,11 @@ def write(tmp_path, text):
 
 
 def test_yaml_then_command_line_wins(parser, tmp_path):
-    config = write(tmp_path, f"output_dir: {tmp_path}\nlearning_rate: 0.01\nmax_steps: 5\nreport_to: [tensorboard]\n"
-                             "auto_resume: false\nmodel_name_or_path: some/model\nenv: {HFTRAIN_TEST_ENV: 'yes'}\n")
+    config = write(
+        tmp_path,
+        f"output_dir: {tmp_path}\nlearning_rate: 0.01\nmax_steps: 5\nreport_to: [tensorboard]\n"
+        "auto_resume: false\nmodel_name_or_path: some/model\nenv: {HFTRAIN_TEST_ENV: 'yes'}\n",
+    )
     script, training, model = parser.parse_args_and_config(["--config", config, "--max_steps", "7"])
     assert (training.learning_rate, training.max_steps, training.auto_resume) == (0.01, 7, False)
     assert training.report_to == ["tensorboard"]  # a list from YAML keeps its type
@@ -63,7 +66,9 @@ def test_bad_command_line(parser, tmp_path):
 
 def test_field_shared_by_two_dataclasses_is_one_flag(tmp_path):
     sft_parser = HFTrainParser((ScriptArguments, hftrain.SFTConfig, ModelArguments))
-    _, training, model = sft_parser.parse_args_and_config(["--output_dir", str(tmp_path), "--trust_remote_code", "true"])
+    _, training, model = sft_parser.parse_args_and_config(
+        ["--output_dir", str(tmp_path), "--trust_remote_code", "true"]
+    )
     assert training.trust_remote_code is True and model.trust_remote_code is True
 
 
@@ -85,7 +90,12 @@ def test_hftrain_fields_never_collide_with_upstream():
     import trl
 
     ours = {f.name for f in dataclasses.fields(HFTrainArguments)}
-    for upstream in (transformers.TrainingArguments, transformers.Seq2SeqTrainingArguments, trl.SFTConfig, trl.DPOConfig):
+    for upstream in (
+        transformers.TrainingArguments,
+        transformers.Seq2SeqTrainingArguments,
+        trl.SFTConfig,
+        trl.DPOConfig,
+    ):
         assert not ours & {f.name for f in dataclasses.fields(upstream)}, upstream.__name__
 
 

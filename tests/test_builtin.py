@@ -18,12 +18,18 @@ def test_tokenizer_round_trips_and_reloads(tmp_path):
     text = "23+45=68 café ✓"
     assert tokenizer.decode(tokenizer(text).input_ids) == text
     assert len(tokenizer("12+7=").input_ids) == 5  # one token per byte keeps digits apart
-    chat = tokenizer.apply_chat_template([{"role": "user", "content": "1+2="}], tokenize=False, add_generation_prompt=True)
+    chat = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "1+2="}], tokenize=False, add_generation_prompt=True
+    )
     assert chat.endswith("<|im_start|>assistant\n")
     tokenizer.save_pretrained(tmp_path)
     reloaded = AutoTokenizer.from_pretrained(tmp_path)
     assert reloaded(text).input_ids == tokenizer(text).input_ids
-    assert (reloaded.pad_token, reloaded.eos_token, reloaded.chat_template) == ("<pad>", "<|im_end|>", tokenizer.chat_template)
+    assert (reloaded.pad_token, reloaded.eos_token, reloaded.chat_template) == (
+        "<pad>",
+        "<|im_end|>",
+        tokenizer.chat_template,
+    )
 
 
 def test_models_save_and_reload(tmp_path):
@@ -70,7 +76,14 @@ def test_preferences_pair_the_right_answer_with_a_close_wrong_one():
 
 def test_number_spelling():
     assert [spell_number(n) for n in (0, 13, 40, 99, 100, 407, 999)] == [
-        "zero", "thirteen", "forty", "ninety nine", "one hundred", "four hundred seven", "nine hundred ninety nine"]
+        "zero",
+        "thirteen",
+        "forty",
+        "ninety nine",
+        "one hundred",
+        "four hundred seven",
+        "nine hundred ninety nine",
+    ]
     train, evaluation = number_spelling_splits(200, 50, seed=0)
     assert not set(train["source"]) & set(evaluation["source"])
     assert all(spell_number(int(r["source"].split()[1])) == r["target"] for r in train)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from datasets import Dataset, IterableDataset
+from datasets import IterableDataset
 from torch.utils.data import RandomSampler
 from transformers import DataCollatorForLanguageModeling
 
@@ -48,8 +48,9 @@ def test_pacing_shapes_differ_as_documented():
 
 # --- sampler -----------------------------------------------------------------------------------------------------
 def _sampler(scores, **kw):
-    base = dict(seed=5, pacing="linear", start=0.25, full_at=0.5, samples_per_step=8, steps_per_epoch=10,
-                total_steps=40)
+    base = dict(
+        seed=5, pacing="linear", start=0.25, full_at=0.5, samples_per_step=8, steps_per_epoch=10, total_steps=40
+    )
     base.update(kw)
     return CurriculumSampler(scores, **base)
 
@@ -117,13 +118,26 @@ def text_data(tok):
 
 
 def _trainer(tok, data, tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=6, learning_rate=1e-3,
-                report_to="none", disable_tqdm=True, save_strategy="no", logging_steps=2, seed=3,
-                curriculum="column")
+    base = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        max_steps=6,
+        learning_rate=1e-3,
+        report_to="none",
+        disable_tqdm=True,
+        save_strategy="no",
+        logging_steps=2,
+        seed=3,
+        curriculum="column",
+    )
     base.update(kw)
-    return Trainer(model=build_tiny_causal_lm(tok, hidden_size=32, num_layers=1, num_heads=2), args=TrainingArguments(**base),
-                   train_dataset=data, data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
-                   processing_class=tok)
+    return Trainer(
+        model=build_tiny_causal_lm(tok, hidden_size=32, num_layers=1, num_heads=2),
+        args=TrainingArguments(**base),
+        train_dataset=data,
+        data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
+        processing_class=tok,
+    )
 
 
 def test_curriculum_off_by_default_keeps_the_parent_sampler(tok, text_data, tmp_path):
@@ -133,8 +147,9 @@ def test_curriculum_off_by_default_keeps_the_parent_sampler(tok, text_data, tmp_
 
 
 def test_trainer_uses_the_sampler_and_logs_the_schedule(tok, text_data, tmp_path):
-    trainer = _trainer(tok, text_data, tmp_path, curriculum_pacing="linear", curriculum_start=0.25,
-                       curriculum_full_at=1.0)
+    trainer = _trainer(
+        tok, text_data, tmp_path, curriculum_pacing="linear", curriculum_start=0.25, curriculum_full_at=1.0
+    )
     sampler = _find_sampler(trainer.get_train_dataloader())
     assert isinstance(sampler, CurriculumSampler)
     assert sampler.scores.tolist() == [float(d) for d in text_data["difficulty"]]
@@ -177,7 +192,10 @@ def test_resume_with_different_curriculum_is_refused(tok, text_data, tmp_path):
         (dict(curriculum_start=0.0), r"curriculum_start: expected a share in \(0, 1\], got 0.0"),
         (dict(curriculum_start=1.5), r"curriculum_start: .*got 1.5"),
         (dict(curriculum_full_at=-0.1), r"curriculum_full_at: .*got -0.1"),
-        (dict(curriculum_pacing="cosine"), r"curriculum_pacing: expected one of linear, root, geometric, step, none, got 'cosine'"),
+        (
+            dict(curriculum_pacing="cosine"),
+            r"curriculum_pacing: expected one of linear, root, geometric, step, none, got 'cosine'",
+        ),
         (dict(curriculum_stages=[0.5, 0.3]), r"curriculum_stages: shares must not decrease"),
         (dict(curriculum_stages=[0.0, 1.0]), r"curriculum_stages: expected a list of shares in \(0, 1\]"),
         (dict(curriculum="hardness"), r"curriculum: unknown scorer 'hardness'"),

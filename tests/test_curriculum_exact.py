@@ -54,8 +54,18 @@ def _launch(repo_root, out, *extra, expect_rc=0):
     cmd = [accelerate] if accelerate else [sys.executable, "-m", "accelerate.commands.launch"]
     if accelerate:
         cmd.append("launch")
-    cmd += ["--config_file", str(repo_root / "accelerate_configs" / "cpu_ddp.yaml"), "--main_process_port",
-            str(_free_port()), SCRIPT, "--out", out, "--batch", str(GLOBAL_BATCH // 2), *extra]
+    cmd += [
+        "--config_file",
+        str(repo_root / "accelerate_configs" / "cpu_ddp.yaml"),
+        "--main_process_port",
+        str(_free_port()),
+        SCRIPT,
+        "--out",
+        out,
+        "--batch",
+        str(GLOBAL_BATCH // 2),
+        *extra,
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=repo_root)
     errors = [line for line in proc.stderr.splitlines() if "Error" in line or "error" in line][:20]
     assert proc.returncode == expect_rc or (expect_rc and proc.returncode != 0), "\n".join(errors)

@@ -21,8 +21,13 @@ from hftrain.builtin import (
 from hftrain.curriculum import PACINGS, CurriculumSampler, _find_sampler
 
 ROWS, STEPS = 24, 3
-VARIANTS = [("length", {}), ("column", {}), ("loss", {}), ("tests.test_curriculum_trainers:twice_difficulty", {}),
-            ("column", {"curriculum_reverse": True})]
+VARIANTS = [
+    ("length", {}),
+    ("column", {}),
+    ("loss", {}),
+    ("tests.test_curriculum_trainers:twice_difficulty", {}),
+    ("column", {"curriculum_reverse": True}),
+]
 
 
 def twice_difficulty(row: dict) -> float:
@@ -36,10 +41,24 @@ def tok():
 
 
 def _common(tmp_path, scorer, extra, pacing):
-    return dict(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=STEPS, learning_rate=1e-3,
-                report_to="none", disable_tqdm=True, save_strategy="no", logging_steps=1, seed=0, use_cpu=True,
-                curriculum=scorer, curriculum_pacing=pacing, curriculum_start=0.3, curriculum_full_at=1.0,
-                curriculum_loss_batch_size=8, **extra)
+    return dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        max_steps=STEPS,
+        learning_rate=1e-3,
+        report_to="none",
+        disable_tqdm=True,
+        save_strategy="no",
+        logging_steps=1,
+        seed=0,
+        use_cpu=True,
+        curriculum=scorer,
+        curriculum_pacing=pacing,
+        curriculum_start=0.3,
+        curriculum_full_at=1.0,
+        curriculum_loss_batch_size=8,
+        **extra,
+    )
 
 
 def _build(kind, tok, kw):
@@ -48,32 +67,53 @@ def _build(kind, tok, kw):
 
         train, _ = arithmetic_splits(ROWS, 4, seed=2, fmt="text")
         train = train.map(lambda r: tok(r["text"] + tok.eos_token), remove_columns=["text"])
-        return Trainer(model=build_tiny_causal_lm(tok, hidden_size=32, num_layers=1, num_heads=2),
-                       args=TrainingArguments(**kw), train_dataset=train, processing_class=tok,
-                       data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
+        return Trainer(
+            model=build_tiny_causal_lm(tok, hidden_size=32, num_layers=1, num_heads=2),
+            args=TrainingArguments(**kw),
+            train_dataset=train,
+            processing_class=tok,
+            data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
+        )
     if kind == "seq2seq":
         from hftrain import Seq2SeqTrainer, Seq2SeqTrainingArguments
 
         train, _ = number_spelling_splits(ROWS, 4, seed=2)
-        train = train.map(lambda r: {"input_ids": tok(r["source"])["input_ids"],
-                                     "labels": tok(r["target"] + tok.eos_token)["input_ids"]},
-                          remove_columns=["source", "target"])
+        train = train.map(
+            lambda r: {
+                "input_ids": tok(r["source"])["input_ids"],
+                "labels": tok(r["target"] + tok.eos_token)["input_ids"],
+            },
+            remove_columns=["source", "target"],
+        )
         model = build_tiny_seq2seq(tok, d_model=32, num_layers=1, num_heads=2)
-        return Seq2SeqTrainer(model=model, args=Seq2SeqTrainingArguments(**kw), train_dataset=train,
-                              processing_class=tok, data_collator=DataCollatorForSeq2Seq(tok, model=model))
+        return Seq2SeqTrainer(
+            model=model,
+            args=Seq2SeqTrainingArguments(**kw),
+            train_dataset=train,
+            processing_class=tok,
+            data_collator=DataCollatorForSeq2Seq(tok, model=model),
+        )
     if kind == "sft":
         from hftrain import SFTConfig, SFTTrainer
 
         train, _ = arithmetic_splits(ROWS, 4, seed=2, fmt="messages")
-        return SFTTrainer(model=build_tiny_causal_lm(tok, hidden_size=32, num_layers=1, num_heads=2),
-                          args=SFTConfig(max_length=32, gradient_checkpointing=False, **kw), train_dataset=train,
-                          processing_class=tok)
+        return SFTTrainer(
+            model=build_tiny_causal_lm(tok, hidden_size=32, num_layers=1, num_heads=2),
+            args=SFTConfig(max_length=32, gradient_checkpointing=False, **kw),
+            train_dataset=train,
+            processing_class=tok,
+        )
     from hftrain import DPOConfig, DPOTrainer
 
     train, _ = preference_splits(ROWS, 4, seed=2)
     model = build_tiny_causal_lm(tok, hidden_size=32, num_layers=1, num_heads=2)
-    return DPOTrainer(model=model, ref_model=copy.deepcopy(model), args=DPOConfig(max_length=32, gradient_checkpointing=False, **kw),
-                      train_dataset=train, processing_class=tok)
+    return DPOTrainer(
+        model=model,
+        ref_model=copy.deepcopy(model),
+        args=DPOConfig(max_length=32, gradient_checkpointing=False, **kw),
+        train_dataset=train,
+        processing_class=tok,
+    )
 
 
 def _expected(kind, scorer, reverse, ds):
@@ -83,8 +123,10 @@ def _expected(kind, scorer, reverse, ds):
         return [2.0 * d for d in ds["difficulty"]]
     if scorer == "length":
         if kind == "dpo":
-            return [float(len(p) + max(len(c), len(r)))
-                    for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"])]
+            return [
+                float(len(p) + max(len(c), len(r)))
+                for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"])
+            ]
         if kind == "seq2seq":
             return [float(len(i) + len(l)) for i, l in zip(ds["input_ids"], ds["labels"])]
         return [float(len(i)) for i in ds["input_ids"]]
@@ -121,6 +163,9 @@ def test_sft_packing_is_refused(tok, tmp_path):
 
     train, _ = arithmetic_splits(ROWS, 4, seed=2, fmt="text")
     with pytest.raises(ConfigError, match=r"curriculum: SFT packing \(packing=true\)"):
-        SFTTrainer(model=build_tiny_causal_lm(tok, hidden_size=32, num_layers=1, num_heads=2),
-                   args=SFTConfig(max_length=32, packing=True, **_common(tmp_path, "column", {}, "linear")),
-                   train_dataset=train, processing_class=tok)
+        SFTTrainer(
+            model=build_tiny_causal_lm(tok, hidden_size=32, num_layers=1, num_heads=2),
+            args=SFTConfig(max_length=32, packing=True, **_common(tmp_path, "column", {}, "linear")),
+            train_dataset=train,
+            processing_class=tok,
+        )

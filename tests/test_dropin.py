@@ -87,8 +87,13 @@ def _train_seq2seq(trainer_cls, args_cls, tokenizer, tmp_path, tag):
     args = args_cls(output_dir=str(tmp_path / tag), **COMMON)
     model = build_tiny_seq2seq(tokenizer, d_model=32)
     collator = transformers.DataCollatorForSeq2Seq(tokenizer, model=model)
-    trainer = trainer_cls(model=model, args=args, data_collator=collator, train_dataset=_seq2seq_dataset(tokenizer),
-                          processing_class=tokenizer)
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        data_collator=collator,
+        train_dataset=_seq2seq_dataset(tokenizer),
+        processing_class=tokenizer,
+    )
     trainer.train()
     return trainer
 
@@ -96,8 +101,9 @@ def _train_seq2seq(trainer_cls, args_cls, tokenizer, tmp_path, tag):
 def _train_sft(trainer_cls, args_cls, tokenizer, tmp_path, tag):
     train, _ = arithmetic_splits(64, 8, seed=1)
     args = args_cls(output_dir=str(tmp_path / tag), **TRL_COMMON)
-    trainer = trainer_cls(build_tiny_causal_lm(tokenizer, hidden_size=32), args, train_dataset=train,
-                          processing_class=tokenizer)
+    trainer = trainer_cls(
+        build_tiny_causal_lm(tokenizer, hidden_size=32), args, train_dataset=train, processing_class=tokenizer
+    )
     trainer.train()
     return trainer
 
@@ -113,10 +119,20 @@ def _train_dpo(trainer_cls, args_cls, tokenizer, tmp_path, tag):
 
 
 CASES = {
-    "Trainer": (_train_trainer, transformers.Trainer, hftrain.Trainer,
-                transformers.TrainingArguments, hftrain.TrainingArguments),
-    "Seq2SeqTrainer": (_train_seq2seq, transformers.Seq2SeqTrainer, hftrain.Seq2SeqTrainer,
-                       transformers.Seq2SeqTrainingArguments, hftrain.Seq2SeqTrainingArguments),
+    "Trainer": (
+        _train_trainer,
+        transformers.Trainer,
+        hftrain.Trainer,
+        transformers.TrainingArguments,
+        hftrain.TrainingArguments,
+    ),
+    "Seq2SeqTrainer": (
+        _train_seq2seq,
+        transformers.Seq2SeqTrainer,
+        hftrain.Seq2SeqTrainer,
+        transformers.Seq2SeqTrainingArguments,
+        hftrain.Seq2SeqTrainingArguments,
+    ),
     "SFTTrainer": (_train_sft, trl.SFTTrainer, hftrain.SFTTrainer, trl.SFTConfig, hftrain.SFTConfig),
     "DPOTrainer": (_train_dpo, trl.DPOTrainer, hftrain.DPOTrainer, trl.DPOConfig, hftrain.DPOConfig),
 }
@@ -139,7 +155,10 @@ def test_constructor_accepts_every_parent_argument(name):
     _, parent_cls, hf_cls, _, _ = CASES[name]
     # the mixin forwards *args/**kwargs untouched, so the parent's signature is the effective one
     mixin_params = inspect.signature(hftrain.HFTrainMixin.__init__).parameters
-    assert [p.kind for p in mixin_params.values()][1:] == [inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD]
+    assert [p.kind for p in mixin_params.values()][1:] == [
+        inspect.Parameter.VAR_POSITIONAL,
+        inspect.Parameter.VAR_KEYWORD,
+    ]
     assert hf_cls.__mro__.index(hftrain.HFTrainMixin) < hf_cls.__mro__.index(parent_cls)
     assert "__init__" not in vars(hf_cls)  # nothing between the mixin and the parent reshapes the arguments
 

@@ -15,7 +15,9 @@ pytestmark = pytest.mark.slow
 
 
 def _without_paths(results: dict) -> dict:
-    return {name: {k: v for k, v in metrics.items() if not k.endswith("samples_file")} for name, metrics in results.items()}
+    return {
+        name: {k: v for k, v in metrics.items() if not k.endswith("samples_file")} for name, metrics in results.items()
+    }
 
 
 def _samples(results: dict) -> dict:
@@ -49,9 +51,20 @@ def test_one_and_two_processes_give_identical_metrics(tmp_path, repo_root, pytho
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo_root)}
     launched = subprocess.run(
-        [python, "-m", "accelerate.commands.launch", "--config_file", str(repo_root / "accelerate_configs/cpu_ddp.yaml"),
-         str(repo_root / "tests/scripts/generation_eval_ddp.py"), str(tmp_path / "two")],
-        env=env, capture_output=True, text=True, timeout=600, cwd=repo_root,
+        [
+            python,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(repo_root / "accelerate_configs/cpu_ddp.yaml"),
+            str(repo_root / "tests/scripts/generation_eval_ddp.py"),
+            str(tmp_path / "two"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=repo_root,
     )
     assert launched.returncode == 0, launched.stderr[-4000:]
     report = json.loads((tmp_path / "two" / "metrics.json").read_text())
@@ -71,8 +84,20 @@ def test_perplexity_is_refused_for_dpo(tmp_path):
     tok = build_tokenizer()
     model = build_tiny_causal_lm(tok, hidden_size=32)
     train, evaluation = preference_splits(4, 4)
-    args = DPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", tracker=False,
-                     eval_metrics=["perplexity"])
+    args = DPOConfig(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        tracker=False,
+        eval_metrics=["perplexity"],
+    )
     with pytest.raises(ConfigError, match="perplexity.*DPO"):
-        DPOTrainer(model=model, ref_model=copy.deepcopy(model), args=args, train_dataset=train,
-                   eval_dataset=evaluation, processing_class=tok)
+        DPOTrainer(
+            model=model,
+            ref_model=copy.deepcopy(model),
+            args=args,
+            train_dataset=train,
+            eval_dataset=evaluation,
+            processing_class=tok,
+        )

@@ -16,8 +16,13 @@ import torch
 from transformers import DataCollatorForSeq2Seq
 
 from hftrain import DPOConfig, DPOTrainer, Seq2SeqTrainer, Seq2SeqTrainingArguments
-from hftrain.builtin import (build_tiny_causal_lm, build_tiny_seq2seq, build_tokenizer, number_spelling_splits,
-                             preference_splits)
+from hftrain.builtin import (
+    build_tiny_causal_lm,
+    build_tiny_seq2seq,
+    build_tokenizer,
+    number_spelling_splits,
+    preference_splits,
+)
 from hftrain.host import host_of
 
 TOK = build_tokenizer()
@@ -33,9 +38,17 @@ def _trainer(tmp_path, eval_rows, train_rows=8, **overrides):
     train, evaluation = number_spelling_splits(train_rows, eval_rows)
     model = build_tiny_seq2seq(TOK, d_model=32, seed=0)
     settings = dict(
-        output_dir=str(tmp_path), use_cpu=True, report_to="none", save_strategy="no", tracker=False,
-        per_device_train_batch_size=16, per_device_eval_batch_size=8, learning_rate=1e-2, disable_tqdm=True,
-        eval_max_new_tokens=12, seed=0,
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        tracker=False,
+        per_device_train_batch_size=16,
+        per_device_eval_batch_size=8,
+        learning_rate=1e-2,
+        disable_tqdm=True,
+        eval_max_new_tokens=12,
+        seed=0,
     )
     settings.update(overrides)
     return Seq2SeqTrainer(
@@ -50,9 +63,16 @@ def _trainer(tmp_path, eval_rows, train_rows=8, **overrides):
 
 def test_training_raises_generation_metrics_logged_at_every_eval_and_best_model(tmp_path):
     trainer = _trainer(
-        tmp_path, eval_rows=16, train_rows=320, max_steps=40, eval_strategy="steps", eval_steps=20,
-        logging_steps=20, eval_metrics=["chrf", "rougeL", "bleu", "exact_match", "perplexity"],
-        metric_for_best_model="eval_chrf", eval_log_samples=3,
+        tmp_path,
+        eval_rows=16,
+        train_rows=320,
+        max_steps=40,
+        eval_strategy="steps",
+        eval_steps=20,
+        logging_steps=20,
+        eval_metrics=["chrf", "rougeL", "bleu", "exact_match", "perplexity"],
+        metric_for_best_model="eval_chrf",
+        eval_log_samples=3,
     )
     before = trainer.evaluate()
     trainer.train()
@@ -96,8 +116,11 @@ def test_no_metrics_requested_leaves_evaluation_as_the_parent(tmp_path):
     import transformers
 
     parent = transformers.Seq2SeqTrainer(
-        model=trainer.model, args=trainer.args, eval_dataset=trainer.eval_dataset,
-        data_collator=trainer.data_collator, processing_class=TOK,
+        model=trainer.model,
+        args=trainer.args,
+        eval_dataset=trainer.eval_dataset,
+        data_collator=trainer.data_collator,
+        processing_class=TOK,
     ).evaluate()
     assert set(ours) == set(parent) and ours["eval_loss"] == parent["eval_loss"]
     assert not os.path.exists(tmp_path / "eval_samples")
@@ -142,16 +165,30 @@ def _peak_of_evaluation(trainer) -> tuple[int, int]:
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc to reset peak RSS")
 def test_evaluation_memory_is_flat_when_the_eval_set_grows_8x(tmp_path):
     metrics = ["chrf", "rougeL", "bleu", "exact_match", "perplexity"]
-    small = _trainer(tmp_path / "small", eval_rows=16, eval_metrics=metrics, eval_generation_samples=0,
-                     eval_log_samples=0, eval_max_new_tokens=8)
-    large = _trainer(tmp_path / "large", eval_rows=128, eval_metrics=metrics, eval_generation_samples=0,
-                     eval_log_samples=0, eval_max_new_tokens=8)
+    small = _trainer(
+        tmp_path / "small",
+        eval_rows=16,
+        eval_metrics=metrics,
+        eval_generation_samples=0,
+        eval_log_samples=0,
+        eval_max_new_tokens=8,
+    )
+    large = _trainer(
+        tmp_path / "large",
+        eval_rows=128,
+        eval_metrics=metrics,
+        eval_generation_samples=0,
+        eval_log_samples=0,
+        eval_max_new_tokens=8,
+    )
     for trainer in (small, large):  # warm-up: first-call allocations (kernels, caches) are not per-example
         _peak_of_evaluation(trainer)
     kept_small, rss_small = _peak_of_evaluation(small)
     kept_large, rss_large = _peak_of_evaluation(large)
-    print(f"kept after eval: {kept_small} B (16 rows) vs {kept_large} B (128 rows); "
-          f"peak RSS growth: {rss_small} KiB vs {rss_large} KiB")
+    print(
+        f"kept after eval: {kept_small} B (16 rows) vs {kept_large} B (128 rows); "
+        f"peak RSS growth: {rss_small} KiB vs {rss_large} KiB"
+    )
     # Keeping the 112 extra generations, references and prompts as strings alone would add > 20 KB.
     assert kept_large <= kept_small + 16 * 1024
     assert rss_large <= rss_small + 8 * 1024
@@ -161,20 +198,38 @@ def _dpo_trainer(tmp_path, eval_rows, **overrides):
     train, evaluation = preference_splits(8, eval_rows)
     policy = build_tiny_causal_lm(TOK, hidden_size=32, seed=1)
     settings = dict(
-        output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", save_strategy="no", tracker=False,
-        per_device_eval_batch_size=4, max_length=64, disable_tqdm=True, seed=0, eval_metrics=["dpo"],
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        save_strategy="no",
+        tracker=False,
+        per_device_eval_batch_size=4,
+        max_length=64,
+        disable_tqdm=True,
+        seed=0,
+        eval_metrics=["dpo"],
     )
     settings.update(overrides)
-    trainer = DPOTrainer(model=policy, ref_model=copy.deepcopy(policy), args=DPOConfig(**settings),
-                         train_dataset=train, eval_dataset=evaluation, processing_class=TOK)
+    trainer = DPOTrainer(
+        model=policy,
+        ref_model=copy.deepcopy(policy),
+        args=DPOConfig(**settings),
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=TOK,
+    )
     with torch.no_grad():  # move the policy off the reference so the margin and accuracy are not trivially 0 and 0.5
         for parameter in trainer.model.parameters():
             parameter.add_(0.02 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(3)))
     return trainer
 
 
-@pytest.mark.parametrize("overrides", [{}, {"ld_alpha": 0.5}, {"ld_alpha": 0.3, "precompute_ref_log_probs": True}],
-                         ids=["default", "ld_alpha", "ld_alpha_precomputed_reference"])
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"ld_alpha": 0.5}, {"ld_alpha": 0.3, "precompute_ref_log_probs": True}],
+    ids=["default", "ld_alpha", "ld_alpha_precomputed_reference"],
+)
 def test_dpo_metrics_equal_trl_eval_rewards(tmp_path, overrides):
     # 12 pairs in batches of 4: TRL's mean of batch means is the mean over pairs that hftrain reports.
     trainer = _dpo_trainer(tmp_path, eval_rows=12, **overrides)

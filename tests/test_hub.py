@@ -10,9 +10,30 @@ from hftrain import cli
 from hftrain.hub import files_to_push
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--max_steps", "4", "--logging_steps", "2", "--eval_steps", "2", "--save_steps", "2", "--disable_tqdm", "true",
-        "--per_device_train_batch_size", "8", "--bundled_train_size", "64", "--bundled_eval_size", "16",
-        "--push_to_hub", "true", "--hub_model_id", "someone/tiny-sft", "--hub_private_repo", "true"]
+TINY = [
+    "--max_steps",
+    "4",
+    "--logging_steps",
+    "2",
+    "--eval_steps",
+    "2",
+    "--save_steps",
+    "2",
+    "--disable_tqdm",
+    "true",
+    "--per_device_train_batch_size",
+    "8",
+    "--bundled_train_size",
+    "64",
+    "--bundled_eval_size",
+    "16",
+    "--push_to_hub",
+    "true",
+    "--hub_model_id",
+    "someone/tiny-sft",
+    "--hub_private_repo",
+    "true",
+]
 
 
 class FakeHub:
@@ -50,11 +71,24 @@ def test_push_uploads_exact_files_with_card_and_history(sft_main, tmp_path, monk
     assert (kind1, kind2, repo1, repo2) == ("create_repo", "upload_folder", "someone/tiny-sft", "someone/tiny-sft")
     assert token1 == token2 == "hf_test_token_123" and create["private"] is True and create["exist_ok"] is True
     assert upload["folder_path"] == str(out)
-    assert upload["allow_patterns"] == sorted([
-        "README.md", "all_results.json", "chat_template.jinja", "config.json", "eval_results.json",
-        "generation_config.json", "model.safetensors", "run_history/history.csv", "run_history/run.json",
-        "tokenizer.json", "tokenizer_config.json", "train_results.json", "trainer_state.json", "training_args.bin",
-    ])
+    assert upload["allow_patterns"] == sorted(
+        [
+            "README.md",
+            "all_results.json",
+            "chat_template.jinja",
+            "config.json",
+            "eval_results.json",
+            "generation_config.json",
+            "model.safetensors",
+            "run_history/history.csv",
+            "run_history/run.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "train_results.json",
+            "trainer_state.json",
+            "training_args.bin",
+        ]
+    )
     assert "pushed to https://huggingface.co/someone/tiny-sft" in capsys.readouterr().out
 
     card = (out / "README.md").read_text()
@@ -98,8 +132,16 @@ def test_cli_push_without_repo_id_or_token_is_one_clear_line(tmp_path, monkeypat
 
 
 def test_files_to_push_skips_checkpoints_and_private_files(tmp_path):
-    for name in ("config.json", "checkpoint-2/model.safetensors", "_tmp/x", ".cache/y", "runs/events.out",
-                 "hftrain_push.json", "merged/model.safetensors", "eval_samples/eval_step4.jsonl"):
+    for name in (
+        "config.json",
+        "checkpoint-2/model.safetensors",
+        "_tmp/x",
+        ".cache/y",
+        "runs/events.out",
+        "hftrain_push.json",
+        "merged/model.safetensors",
+        "eval_samples/eval_step4.jsonl",
+    ):
         path = tmp_path / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("x")

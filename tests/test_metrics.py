@@ -11,8 +11,17 @@ import sacrebleu
 from rouge_score import rouge_scorer
 
 from hftrain.errors import ConfigError
-from hftrain.metrics import (MetricSuite, available_metrics, check_metric_names, final_number, merge_states,
-                             normalize_text, perplexity, register_metric, token_nll)
+from hftrain.metrics import (
+    MetricSuite,
+    available_metrics,
+    check_metric_names,
+    final_number,
+    merge_states,
+    normalize_text,
+    perplexity,
+    register_metric,
+    token_nll,
+)
 
 PREDICTIONS = [
     "the cat sat on the mat",

@@ -18,8 +18,9 @@ def test_documented_mapping():
 def test_cpu_refuses_gpu_only_choices_and_applies_the_rest():
     from hftrain import SFTConfig
 
-    args = resolve_arguments(SFTConfig(output_dir="unused", optimization_level="aggressive", report_to="none",
-                                       use_cpu=True))
+    args = resolve_arguments(
+        SFTConfig(output_dir="unused", optimization_level="aggressive", report_to="none", use_cpu=True)
+    )
     report = "\n".join(args.hftrain_preset_report)
     assert "bf16 mixed precision: refused (use_cpu is set)" in report
     assert "TF32 matmuls: refused (no CUDA GPU)" in report
@@ -32,8 +33,16 @@ def test_cpu_refuses_gpu_only_choices_and_applies_the_rest():
 def test_values_the_user_set_win():
     from hftrain import SFTConfig
 
-    args = resolve_arguments(SFTConfig(output_dir="unused", optimization_level="standard", report_to="none",
-                                       use_cpu=True, gradient_checkpointing=False, optim="adamw_torch"))
+    args = resolve_arguments(
+        SFTConfig(
+            output_dir="unused",
+            optimization_level="standard",
+            report_to="none",
+            use_cpu=True,
+            gradient_checkpointing=False,
+            optim="adamw_torch",
+        )
+    )
     assert not args.activation_checkpointing and args.optim == "adamw_torch"
     assert any("kept your optim='adamw_torch'" in line for line in args.hftrain_preset_report)
     assert any("activation checkpointing: kept your" in line for line in args.hftrain_preset_report)

@@ -13,8 +13,26 @@ from hftrain.errors import ConfigError, DataError, HFTrainError, ModelLoadError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(REPO, "recipes", "sft.py")
-TINY = ["--tiny_hidden_size", "32", "--tiny_num_layers", "2", "--bundled_train_size", "64", "--bundled_eval_size", "16", "--per_device_train_batch_size", "8",
-        "--logging_steps", "2", "--eval_steps", "4", "--save_steps", "4", "--disable_tqdm", "true"]
+TINY = [
+    "--tiny_hidden_size",
+    "32",
+    "--tiny_num_layers",
+    "2",
+    "--bundled_train_size",
+    "64",
+    "--bundled_eval_size",
+    "16",
+    "--per_device_train_batch_size",
+    "8",
+    "--logging_steps",
+    "2",
+    "--eval_steps",
+    "4",
+    "--save_steps",
+    "4",
+    "--disable_tqdm",
+    "true",
+]
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +59,11 @@ def test_default_recipe_trains_saves_and_reloads(sft_main, tmp_path, capsys):
 
 def test_config_file_then_command_line_overrides(sft_main, tmp_path):
     config = tmp_path / "cfg.yaml"
-    config.write_text(f"output_dir: {tmp_path / 'run'}\nmax_steps: 3\nlearning_rate: 0.01\nreport_to: none\n"
-                      "bundled_train_size: 32\nbundled_eval_size: 8\neval_strategy: 'no'\nsave_strategy: 'no'\n"
-                      "gradient_checkpointing: false\ntiny_hidden_size: 32\n")
+    config.write_text(
+        f"output_dir: {tmp_path / 'run'}\nmax_steps: 3\nlearning_rate: 0.01\nreport_to: none\n"
+        "bundled_train_size: 32\nbundled_eval_size: 8\neval_strategy: 'no'\nsave_strategy: 'no'\n"
+        "gradient_checkpointing: false\ntiny_hidden_size: 32\n"
+    )
     trainer, _ = sft_main(["--config", str(config), "--max_steps", "2"])
     assert trainer.state.global_step == 2
     assert trainer.args.learning_rate == 0.01
@@ -78,16 +98,38 @@ def test_auto_resume_off_starts_from_scratch(sft_main, tmp_path, capsys):
 def test_local_dataset_file(sft_main, tmp_path, capsys):
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"{i}+1=", "completion": str(i + 1)}) + "\n" for i in range(40)))
-    trainer, metrics = sft_main(["--output_dir", str(tmp_path / "run"), "--dataset_name", str(data),
-                                 "--max_steps", "2", "--eval_holdout", "0.2", *TINY])
+    trainer, metrics = sft_main(
+        [
+            "--output_dir",
+            str(tmp_path / "run"),
+            "--dataset_name",
+            str(data),
+            "--max_steps",
+            "2",
+            "--eval_holdout",
+            "0.2",
+            *TINY,
+        ]
+    )
     assert len(trainer.train_dataset) == 32 and len(trainer.eval_dataset) == 8
     assert "eval_loss" in metrics
     # the default config's curriculum orders the bundled data by `difficulty`; this file has none: random order
     assert "curriculum off: the dataset has no `difficulty` column" in capsys.readouterr().out
     assert trainer.args.curriculum is None
     with pytest.raises(DataError, match="curriculum_column: no column 'hardness'"):
-        sft_main(["--output_dir", str(tmp_path / "run2"), "--dataset_name", str(data), "--max_steps", "2",
-                  "--curriculum_column", "hardness", *TINY])
+        sft_main(
+            [
+                "--output_dir",
+                str(tmp_path / "run2"),
+                "--dataset_name",
+                str(data),
+                "--max_steps",
+                "2",
+                "--curriculum_column",
+                "hardness",
+                *TINY,
+            ]
+        )
 
 
 def test_default_run_follows_the_curriculum(sft_main, tmp_path):
@@ -130,10 +172,16 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path):
     config = tmp_path / "cfg.yaml"
     config.write_text("max_step: 3\n")
     out = tmp_path / "run"
-    result = subprocess.run([sys.executable, RECIPE, "--config", str(config), "--output_dir", str(out)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, RECIPE, "--config", str(config), "--output_dir", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert error_lines == [f"error: --config {config}: unknown key 'max_step' (did you mean max_steps, max-steps, save_steps?)"]
+    assert error_lines == [
+        f"error: --config {config}: unknown key 'max_step' (did you mean max_steps, max-steps, save_steps?)"
+    ]
     assert "Traceback" not in result.stderr
     assert not out.exists()

@@ -10,8 +10,24 @@ import pytest
 from hftrain.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAST = ["--max_steps", "4", "--logging_steps", "2", "--eval_steps", "2", "--save_steps", "2", "--disable_tqdm", "true",
-        "--per_device_train_batch_size", "8", "--bundled_train_size", "64", "--bundled_eval_size", "16"]
+FAST = [
+    "--max_steps",
+    "4",
+    "--logging_steps",
+    "2",
+    "--eval_steps",
+    "2",
+    "--save_steps",
+    "2",
+    "--disable_tqdm",
+    "true",
+    "--per_device_train_batch_size",
+    "8",
+    "--bundled_train_size",
+    "64",
+    "--bundled_eval_size",
+    "16",
+]
 
 
 def recipe(name):
@@ -48,8 +64,19 @@ def test_dpo_starts_from_the_sft_output_when_present(dpo_main, tmp_path, capsys)
     tokenizer = build_tokenizer()
     build_tiny_causal_lm(tokenizer, hidden_size=32, num_layers=1, num_heads=2).save_pretrained(sft_dir)
     tokenizer.save_pretrained(sft_dir)
-    trainer, _ = dpo_main(["--output_dir", str(tmp_path / "dpo"), "--sft_output_dir", str(sft_dir), *FAST,
-                           "--eval_strategy", "no", "--save_strategy", "no"])
+    trainer, _ = dpo_main(
+        [
+            "--output_dir",
+            str(tmp_path / "dpo"),
+            "--sft_output_dir",
+            str(sft_dir),
+            *FAST,
+            "--eval_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+        ]
+    )
     assert f"starting from the SFT recipe's output: {sft_dir}" in capsys.readouterr().out
     assert trainer.model.config.hidden_size == 32 and trainer.model.config.num_hidden_layers == 1
 
@@ -66,8 +93,9 @@ def test_seq2seq_default_generates_metrics(tmp_path, capsys):
 
 def test_pretrain_builds_from_config_on_stdlib_docstrings(tmp_path):
     out = tmp_path / "pt"
-    trainer, metrics = recipe("pretrain")(["--output_dir", str(out), *FAST, "--block_size", "32",
-                                            "--max_eval_samples", "8", "--tiny_hidden_size", "32"])
+    trainer, metrics = recipe("pretrain")(
+        ["--output_dir", str(out), *FAST, "--block_size", "32", "--max_eval_samples", "8", "--tiny_hidden_size", "32"]
+    )
     from hftrain.builtin.corpus import stdlib_docstring_splits
 
     assert all(len(ids) == 32 for ids in trainer.train_dataset[:4]["input_ids"])
@@ -79,8 +107,24 @@ def test_pretrain_builds_from_config_on_stdlib_docstrings(tmp_path):
 
 def test_sft_lora_saves_adapter_and_merges(sft_main, tmp_path, capsys):
     out = tmp_path / "lora"
-    trainer, _ = sft_main(["--output_dir", str(out), *FAST, "--use_peft", "true", "--lora_r", "4",
-                           "--lora_alpha", "8", "--lora_target_modules", "q_proj", "v_proj", "--merge_adapter", "true"])
+    trainer, _ = sft_main(
+        [
+            "--output_dir",
+            str(out),
+            *FAST,
+            "--use_peft",
+            "true",
+            "--lora_r",
+            "4",
+            "--lora_alpha",
+            "8",
+            "--lora_target_modules",
+            "q_proj",
+            "v_proj",
+            "--merge_adapter",
+            "true",
+        ]
+    )
     adapter = json.loads((out / "adapter_config.json").read_text())
     assert adapter["r"] == 4 and adapter["lora_alpha"] == 8 and set(adapter["target_modules"]) == {"q_proj", "v_proj"}
     assert not (out / "model.safetensors").exists()  # the adapter, not the full model
@@ -95,8 +139,21 @@ def test_sft_lora_saves_adapter_and_merges(sft_main, tmp_path, capsys):
 
 
 def test_global_batch_size_sets_accumulation_and_is_logged(sft_main, tmp_path, capsys):
-    trainer, _ = sft_main(["--output_dir", str(tmp_path / "gb"), *FAST, "--global_batch_size", "32",
-                           "--eval_strategy", "no", "--save_strategy", "no", "--max_steps", "2"])
+    trainer, _ = sft_main(
+        [
+            "--output_dir",
+            str(tmp_path / "gb"),
+            *FAST,
+            "--global_batch_size",
+            "32",
+            "--eval_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+            "--max_steps",
+            "2",
+        ]
+    )
     assert trainer.args.gradient_accumulation_steps == 4
     assert "effective batch size 32 = 8 per device x 4 accumulation x 1 process(es)" in capsys.readouterr().out
 
@@ -107,12 +164,14 @@ def test_global_batch_size_keeps_the_global_batch_on_another_process_count(monke
     from hftrain.launch import global_batch, resolve_arguments
 
     accumulation = {}
+    args = TrainingArguments("unused", per_device_train_batch_size=4, global_batch_size=32, use_cpu=True,
+                             report_to="none")
     for world in (1, 2, 4):
-        monkeypatch.setenv("WORLD_SIZE", str(world))  # what accelerate launch / torchrun announce
-        args = resolve_arguments(TrainingArguments("unused", per_device_train_batch_size=4, global_batch_size=32,
-                                                   use_cpu=True, report_to="none"))
-        accumulation[world] = args.gradient_accumulation_steps
-        assert global_batch(args) == 32
+        # the process count accelerate launch / torchrun announce (WORLD_SIZE), as the resolution step reads it
+        monkeypatch.setattr("hftrain.launch.world_size_from_env", lambda world=world: world)
+        resolved = resolve_arguments(args)
+        accumulation[world] = resolved.gradient_accumulation_steps
+        assert global_batch(resolved, world) == 32
     assert accumulation == {1: 8, 2: 4, 4: 2}
 
 
@@ -121,7 +180,8 @@ def test_global_batch_size_keeps_the_global_batch_on_another_process_count(monke
     [
         (["--config", "/no/such/config.yaml"], "--config: no such file: /no/such/config.yaml"),
         (["--use_peft", "true", "--lora_target_modules", "qkv_proj"], "lora_target_modules: qkv_proj not found"),
-        (["--use_peft", "true", "--load_in_4bit", "true"], "load_in_4bit: QLoRA/k-bit loading needs a CUDA GPU"),
+        (["--use_peft", "true", "--load_in_4bit", "true"], "load_in_4bit: needs --model_name_or_path"),
+        (["--use_peft", "true", "--load_in_4bit", "true", "--model_name_or_path", "some/model"], "load_in_4bit: QLoRA/k-bit loading needs a CUDA GPU"),
         (["--push_to_hub", "true"], "push_to_hub: needs --hub_model_id"),
         (["--global_batch_size", "12"], "global_batch_size: 12 is not a multiple of"),
         (["--optimization_level", "turbo"], "optimization_level"),
@@ -147,11 +207,16 @@ def test_push_without_token_and_deepspeed_on_cpu_fail_at_start(dpo_main, tmp_pat
     assert not out.exists()
 
 
-@pytest.mark.parametrize("name", sorted(f for f in os.listdir(os.path.join(REPO, "recipes", "configs"))
-                                        if f.endswith(".yaml") and not f.startswith("diffusion")))
+@pytest.mark.parametrize(
+    "name",
+    sorted(
+        f
+        for f in os.listdir(os.path.join(REPO, "recipes", "configs"))
+        if f.endswith(".yaml") and not f.startswith("diffusion")
+    ),
+)
 def test_every_config_parses(name, monkeypatch):
     """Real-model configs name Hub models: parsing checks every key and type without downloading anything."""
-    from hftrain import HFTrainParser
 
     recipe_name = name.split("_")[0]
     module = runpy.run_path(os.path.join(REPO, "recipes", f"{recipe_name}.py"))
@@ -160,16 +225,25 @@ def test_every_config_parses(name, monkeypatch):
     monkeypatch.setattr("hftrain.peft_utils._cuda_available", lambda: "qlora" in name)
     monkeypatch.setattr("hftrain.presets.cuda_usable", lambda args: False)
     monkeypatch.setattr("hftrain.presets.bf16_unavailable_reason", lambda args: "test: no GPU")
-    types = {"sft": None, "dpo": "DPOScriptArguments", "seq2seq": "Seq2SeqDataArguments", "pretrain": "PretrainArguments"}
+    types = {
+        "sft": None,
+        "dpo": "DPOScriptArguments",
+        "seq2seq": "Seq2SeqDataArguments",
+        "pretrain": "PretrainArguments",
+    }
     if recipe_name == "sft":
         parsed = module["parse_args"](["--config", path])
     else:
         from hftrain.recipe_utils import parse_recipe_args
 
-        classes = {"dpo": ("ScriptArguments", "DPOConfig", "ModelArguments"),
-                   "seq2seq": ("ScriptArguments", "Seq2SeqTrainingArguments", "ModelArguments"),
-                   "pretrain": ("ScriptArguments", "TrainingArguments", "ModelArguments")}[recipe_name]
-        parsed = parse_recipe_args(["--config", path], [module[c] for c in classes] + [module[types[recipe_name]]], path)
+        classes = {
+            "dpo": ("ScriptArguments", "DPOConfig", "ModelArguments"),
+            "seq2seq": ("ScriptArguments", "Seq2SeqTrainingArguments", "ModelArguments"),
+            "pretrain": ("ScriptArguments", "TrainingArguments", "ModelArguments"),
+        }[recipe_name]
+        parsed = parse_recipe_args(
+            ["--config", path], [module[c] for c in classes] + [module[types[recipe_name]]], path
+        )
     model_args = parsed[2]
     assert parsed[1].output_dir.startswith("outputs/")
     if "qlora" in name:

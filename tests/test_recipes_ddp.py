@@ -9,20 +9,95 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMON = ["--max_steps", "-1", "--num_train_epochs", "1", "--logging_steps", "1", "--save_strategy", "no",
-          "--disable_tqdm", "true"]
+COMMON = [
+    "--max_steps",
+    "-1",
+    "--num_train_epochs",
+    "1",
+    "--logging_steps",
+    "1",
+    "--save_strategy",
+    "no",
+    "--disable_tqdm",
+    "true",
+]
 RECIPES = {
     # recipe: (extra arguments, optimizer steps expected in the epoch)
-    "sft": (["--tiny_hidden_size", "32", "--bundled_train_size", "64", "--bundled_eval_size", "8", "--per_device_train_batch_size", "8",
-             "--global_batch_size", "32", "--eval_strategy", "no"], 2),  # 64 / 32 (8 x 2 accumulation x 2 procs)
-    "dpo": (["--bundled_train_size", "32", "--bundled_eval_size", "8", "--per_device_train_batch_size", "8",
-             "--sft_output_dir", "", "--eval_strategy", "no"], 2),
-    "seq2seq": (["--bundled_train_size", "32", "--bundled_eval_size", "8", "--per_device_train_batch_size", "8",
-                 "--eval_strategy", "no"], 2),
-    "pretrain": (["--max_train_samples", "40", "--max_eval_samples", "4", "--block_size", "64",
-                  "--per_device_train_batch_size", "8", "--eval_strategy", "no"], None),
-    "diffusion": (["--max_train_samples", "32", "--per_device_train_batch_size", "8", "--eval_strategy", "no",
-                   "--unet_block_out_channels", "16", "32", "32"], 2),
+    "sft": (
+        [
+            "--tiny_hidden_size",
+            "32",
+            "--bundled_train_size",
+            "64",
+            "--bundled_eval_size",
+            "8",
+            "--per_device_train_batch_size",
+            "8",
+            "--global_batch_size",
+            "32",
+            "--eval_strategy",
+            "no",
+        ],
+        2,
+    ),  # 64 / 32 (8 x 2 accumulation x 2 procs)
+    "dpo": (
+        [
+            "--bundled_train_size",
+            "32",
+            "--bundled_eval_size",
+            "8",
+            "--per_device_train_batch_size",
+            "8",
+            "--sft_output_dir",
+            "",
+            "--eval_strategy",
+            "no",
+        ],
+        2,
+    ),
+    "seq2seq": (
+        [
+            "--bundled_train_size",
+            "32",
+            "--bundled_eval_size",
+            "8",
+            "--per_device_train_batch_size",
+            "8",
+            "--eval_strategy",
+            "no",
+        ],
+        2,
+    ),
+    "pretrain": (
+        [
+            "--max_train_samples",
+            "40",
+            "--max_eval_samples",
+            "4",
+            "--block_size",
+            "64",
+            "--per_device_train_batch_size",
+            "8",
+            "--eval_strategy",
+            "no",
+        ],
+        None,
+    ),
+    "diffusion": (
+        [
+            "--max_train_samples",
+            "32",
+            "--per_device_train_batch_size",
+            "8",
+            "--eval_strategy",
+            "no",
+            "--unet_block_out_channels",
+            "16",
+            "32",
+            "32",
+        ],
+        2,
+    ),
 }
 PRESENT = sorted(r for r in RECIPES if os.path.exists(os.path.join(REPO, "recipes", f"{r}.py")))
 
@@ -38,9 +113,18 @@ def test_every_recipe_is_covered():
 def test_recipe_with_two_processes(name, tmp_path):
     extra, steps = RECIPES[name]
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               os.path.join(REPO, "accelerate_configs", "cpu_ddp.yaml"), os.path.join(REPO, "recipes", f"{name}.py"),
-               "--output_dir", str(out), *COMMON, *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        os.path.join(REPO, "accelerate_configs", "cpu_ddp.yaml"),
+        os.path.join(REPO, "recipes", f"{name}.py"),
+        "--output_dir",
+        str(out),
+        *COMMON,
+        *extra,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -11,18 +11,22 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
-from monitor_common import InjectingTrainer, make_args, same_weights, tiny_model, token_rows  # noqa: E402
+from monitor_common import InjectingTrainer, make_args, tiny_model, token_rows  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
-from hftrain.errors import ConfigError  # noqa: E402
 from hftrain.checkpoints import MARKER, checkpoint_problem, last_valid_checkpoint  # noqa: E402
+from hftrain.errors import ConfigError  # noqa: E402
 
 SCRIPT = Path(__file__).parent / "scripts" / "monitor_kill_resume.py"
 
 
 def _kill_resume(tmp_path, trainer, modes):
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--trainer", trainer, "--modes", modes,
-                           "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--trainer", trainer, "--modes", modes, "--workdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -55,9 +59,11 @@ def test_trl_trainers_sigkill_resume_to_identical_weights(tmp_path, trainer):
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt") / "out"
-    InjectingTrainer(model=tiny_model(), train_dataset=token_rows(),
-                     args=make_args(str(out), max_steps=6, save_strategy="steps", save_steps=2,
-                                    tracker=False)).train()  # module scope: before conftest's per-test tracker db
+    InjectingTrainer(
+        model=tiny_model(),
+        train_dataset=token_rows(),
+        args=make_args(str(out), max_steps=6, save_strategy="steps", save_steps=2, tracker=False),
+    ).train()  # module scope: before conftest's per-test tracker db
     return out
 
 
@@ -74,13 +80,16 @@ def test_complete_checkpoints_have_marker(checkpoints):
     assert marker["signature"]["global_batch_size"] == 4
 
 
-@pytest.mark.parametrize("damage,needle", [
-    (lambda d: (d / "trainer_state.json").unlink(), "no trainer_state.json"),
-    (lambda d: (d / "trainer_state.json").write_text('{"global_step": 6, "log_hi'), "not valid JSON"),
-    (lambda d: os.truncate(d / "model.safetensors", 1000), "model.safetensors"),
-    (lambda d: os.truncate(d / "optimizer.pt", 100), "optimizer.pt"),
-    (lambda d: (d / "scheduler.pt").write_bytes((d / "scheduler.pt").read_bytes() + b"x"), "scheduler.pt"),
-])
+@pytest.mark.parametrize(
+    "damage,needle",
+    [
+        (lambda d: (d / "trainer_state.json").unlink(), "no trainer_state.json"),
+        (lambda d: (d / "trainer_state.json").write_text('{"global_step": 6, "log_hi'), "not valid JSON"),
+        (lambda d: os.truncate(d / "model.safetensors", 1000), "model.safetensors"),
+        (lambda d: os.truncate(d / "optimizer.pt", 100), "optimizer.pt"),
+        (lambda d: (d / "scheduler.pt").write_bytes((d / "scheduler.pt").read_bytes() + b"x"), "scheduler.pt"),
+    ],
+)
 def test_half_written_checkpoint_is_skipped(checkpoints, tmp_path, damage, needle):
     out = _copy(checkpoints, tmp_path)
     damage(out / "checkpoint-6")
@@ -91,13 +100,19 @@ def test_half_written_checkpoint_is_skipped(checkpoints, tmp_path, damage, needl
 def test_resume_refuses_incomplete_path_and_other_runs_arguments(checkpoints, tmp_path):
     out = _copy(checkpoints, tmp_path)
     (out / "checkpoint-6" / "trainer_state.json").unlink()
-    trainer = InjectingTrainer(model=tiny_model(), train_dataset=token_rows(),
-                               args=make_args(str(out), max_steps=8, save_strategy="steps", save_steps=2))
+    trainer = InjectingTrainer(
+        model=tiny_model(),
+        train_dataset=token_rows(),
+        args=make_args(str(out), max_steps=8, save_strategy="steps", save_steps=2),
+    )
     with pytest.raises(ConfigError, match="incomplete.*newest complete one is .*checkpoint-4"):
         trainer.train(resume_from_checkpoint=str(out / "checkpoint-6"))
     before = sorted(p.name for p in out.iterdir())
-    other = InjectingTrainer(model=tiny_model(), train_dataset=token_rows(),
-                             args=make_args(str(out), max_steps=8, per_device_train_batch_size=8, seed=1))
+    other = InjectingTrainer(
+        model=tiny_model(),
+        train_dataset=token_rows(),
+        args=make_args(str(out), max_steps=8, per_device_train_batch_size=8, seed=1),
+    )
     with pytest.raises(ConfigError, match=r"global_batch_size: 4 in the checkpoint, 8 now; seed: 0 in the "):
         other.train(resume_from_checkpoint=True)
     assert sorted(p.name for p in out.iterdir()) == before  # nothing written
@@ -113,8 +128,12 @@ def test_sigint_saves_then_chains_to_previous_handler(tmp_path):
     calls = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: calls.append(signum))
     try:
-        trainer = InjectingTrainer(model=tiny_model(), train_dataset=token_rows(), callbacks=[RaiseSignal()],
-                                   args=make_args(str(tmp_path / "out"), max_steps=8))
+        trainer = InjectingTrainer(
+            model=tiny_model(),
+            train_dataset=token_rows(),
+            callbacks=[RaiseSignal()],
+            args=make_args(str(tmp_path / "out"), max_steps=8),
+        )
         trainer.train()  # the previous handler does not exit, so train() returns
         assert calls == [signal.SIGINT], "the previous handler must run once, after the checkpoint"
         assert trainer.state.global_step == 3
@@ -127,8 +146,12 @@ def test_sigint_saves_then_chains_to_previous_handler(tmp_path):
 def test_sigint_with_default_handler_exits_130(tmp_path):
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, as in a plain script
     try:
-        trainer = InjectingTrainer(model=tiny_model(), train_dataset=token_rows(), callbacks=[RaiseSignal()],
-                                   args=make_args(str(tmp_path / "out"), max_steps=8, tracker=False))
+        trainer = InjectingTrainer(
+            model=tiny_model(),
+            train_dataset=token_rows(),
+            callbacks=[RaiseSignal()],
+            args=make_args(str(tmp_path / "out"), max_steps=8, tracker=False),
+        )
         with pytest.raises(SystemExit) as exit_info:
             trainer.train()
         assert exit_info.value.code == 130 and trainer.state.global_step == 3

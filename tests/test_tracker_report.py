@@ -13,8 +13,16 @@ from hftrain.cli import main as cli
 from hftrain.tracking.store import TrackerStore
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 # Each payload, if it ever executed, would set an attribute on <body> that the dumped DOM would show.
 HOSTILE = [
@@ -30,8 +38,9 @@ def chromium(*args, timeout=180):
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"chromium not found at {CHROMIUM}: .ci/run installs Debian's chromium package")
     with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
-        result = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True,
-                                text=True, timeout=timeout)
+        result = subprocess.run(
+            [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=timeout
+        )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout, result.stderr
 
@@ -56,11 +65,23 @@ def _seed(db):
     with TrackerStore(db) as store:
         ids = []
         for index, evil in enumerate(HOSTILE):
-            run = store.create_run(f"exp {evil}", evil, params={evil: evil, "args.learning_rate": 10.0 ** -(index + 2)},
-                                   tags={evil: evil, "team": "nlp"})
+            run = store.create_run(
+                f"exp {evil}",
+                evil,
+                params={evil: evil, "args.learning_rate": 10.0 ** -(index + 2)},
+                tags={evil: evil, "team": "nlp"},
+            )
             for step in range(1, 21):
-                store.log_metrics(run, step, {"loss": 3.0 / step + index, "eval_accuracy": step / 40 + index / 10,
-                                              evil: float(step), "sys/cpu_rss_mb": 100.0 + step})
+                store.log_metrics(
+                    run,
+                    step,
+                    {
+                        "loss": 3.0 / step + index,
+                        "eval_accuracy": step / 40 + index / 10,
+                        evil: float(step),
+                        "sys/cpu_rss_mb": 100.0 + step,
+                    },
+                )
             store.log_metrics(run, 21, {"loss": float("nan")})  # a NaN gap must not break a chart
             store.set_status(run, "finished")
             ids.append(run)
@@ -77,8 +98,9 @@ def test_report_renders_in_chromium_and_user_strings_stay_text(tmp_path, capsys)
     assert "http://" not in source.replace("http://www.w3.org/2000/svg", "") and "https://" not in source
     assert source.count("<script") == 2  # the JSON data block and the drawing script, nothing injected
 
-    dom_text, log = chromium("--virtual-time-budget=5000", "--enable-logging=stderr", "--v=0", "--dump-dom",
-                             report.as_uri())
+    dom_text, log = chromium(
+        "--virtual-time-budget=5000", "--enable-logging=stderr", "--v=0", "--dump-dom", report.as_uri()
+    )
     dom = _Dom()
     dom.feed(dom_text)
     expected = int(dom.body["data-charts-expected"])

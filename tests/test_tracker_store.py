@@ -31,7 +31,12 @@ def test_store_records_params_curves_summary_events(tmp_path):
         store.log_event(run, 4, "nan_loss", {"loss": "nan"})
         summary = store.summary(run)
         assert summary["loss"] == {
-            "last_step": 4, "last_value": 2.0, "min_value": 1.0, "min_step": 2, "max_value": 3.0, "max_step": 1
+            "last_step": 4,
+            "last_value": 2.0,
+            "min_value": 1.0,
+            "min_step": 2,
+            "max_value": 3.0,
+            "max_step": 1,
         }
         assert summary["acc"]["max_step"] == 4 and summary["acc"]["min_step"] == 1
         curve = store.curve(run, "loss")
@@ -53,7 +58,7 @@ def test_store_records_params_curves_summary_events(tmp_path):
 def test_running_run_without_heartbeat_reads_as_crashed(tmp_path):
     with TrackerStore(str(tmp_path / "runs.db")) as store:
         stale = store.create_run("e", "stale", heartbeat_timeout=0.2)
-        alive = store.create_run("e", "alive", heartbeat_timeout=60)
+        store.create_run("e", "alive", heartbeat_timeout=60)
         time.sleep(0.3)
         status = {r["name"]: r["status"] for r in store.runs()}
         assert status == {"stale": "crashed", "alive": "running"}
@@ -85,8 +90,7 @@ def test_packed_curves_read_exactly_like_rows_through_every_change(tmp_path):
             assert store.curve_points(other, "loss") == _row_points(store, other, "loss")
 
         def chunks():
-            return store.conn.execute(
-                "SELECT COUNT(*) FROM metric_chunks WHERE run_id = ?", (run,)).fetchone()[0]
+            return store.conn.execute("SELECT COUNT(*) FROM metric_chunks WHERE run_id = ?", (run,)).fetchone()[0]
 
         log(range(1, 301))
         assert store.pack_curves(run, below_step=200) == 2 * 199 and chunks() == 2
@@ -108,8 +112,9 @@ def test_packed_curves_read_exactly_like_rows_through_every_change(tmp_path):
         log(range(121, 161))
         store.pack_curves(run)
         check()
-        assert store.summary(run)["loss"]["min_value"] == min(v for _, v in _row_points(store, run, "loss")
-                                                              if v is not None)
+        assert store.summary(run)["loss"]["min_value"] == min(
+            v for _, v in _row_points(store, run, "loss") if v is not None
+        )
         store.delete_runs([run])
         assert chunks() == 0
         assert store.curve_points(other, "loss") == _row_points(store, other, "loss")
@@ -134,8 +139,14 @@ def test_copies_a_connection_keeps_follow_other_connections_and_failed_commits(t
         second.delete_runs([run])  # `hftrain runs gc` elsewhere; the next run may get the same id
         fresh = store.create_run("e", "fresh")
         store.log_metrics(fresh, 1, {"acc": 7.0})
-        assert store.summary(fresh)["acc"] == {"last_step": 1, "last_value": 7.0, "min_value": 7.0, "min_step": 1,
-                                               "max_value": 7.0, "max_step": 1}
+        assert store.summary(fresh)["acc"] == {
+            "last_step": 1,
+            "last_value": 7.0,
+            "min_value": 7.0,
+            "min_step": 1,
+            "max_value": 7.0,
+            "max_step": 1,
+        }
 
         class FailNextCommit:  # the connection as the store sees it, failing one COMMIT like a full disk would
             def __init__(self, conn):
@@ -174,8 +185,10 @@ def test_version_1_database_is_upgraded_in_place(tmp_path):
         conn.execute(statement)
     conn.execute("PRAGMA user_version=1")
     conn.execute("INSERT INTO experiments VALUES(1, 'old', 0)")
-    conn.execute("INSERT INTO runs(id, uuid, experiment_id, name, status, start_time, heartbeat) "
-                 "VALUES(1, 'abcdef0123', 1, 'old-run', 'finished', 0, 0)")
+    conn.execute(
+        "INSERT INTO runs(id, uuid, experiment_id, name, status, start_time, heartbeat) "
+        "VALUES(1, 'abcdef0123', 1, 'old-run', 'finished', 0, 0)"
+    )
     conn.execute("INSERT INTO metric_keys VALUES(1, 'loss')")
     conn.executemany("INSERT INTO metrics VALUES(1, 1, ?, ?, NULL, 0)", [(s, 1.0 / s) for s in range(1, 51)])
     conn.execute("INSERT INTO metric_summary VALUES(1, 1, 50, 0.02, 0.02, 50, 1.0, 1)")
@@ -249,7 +262,11 @@ def test_corrupt_or_foreign_file_is_a_clear_error_and_left_untouched(tmp_path, c
     data = bytearray(damaged.read_bytes())
     data[100:4096] = os.urandom(3996)  # keep the header, wreck the schema page
     damaged.write_bytes(bytes(data))
-    for path, words in ((garbage, "not an SQLite database"), (foreign, "another application"), (damaged, "left untouched")):
+    for path, words in (
+        (garbage, "not an SQLite database"),
+        (foreign, "another application"),
+        (damaged, "left untouched"),
+    ):
         before = _sha(path)
         with pytest.raises(TrackerError) as info:
             TrackerStore(str(path))
@@ -264,10 +281,12 @@ def test_corrupt_or_foreign_file_is_a_clear_error_and_left_untouched(tmp_path, c
 
 def _seed(db):
     with TrackerStore(db) as store:
-        a = store.create_run("alpha", "run-a", params={"args.learning_rate": 1e-3, "args.seed": 1, "same": "x"},
-                             tags={"team": "nlp"})
-        b = store.create_run("beta", "run-b", params={"args.learning_rate": 1e-4, "args.seed": 1, "same": "x"},
-                             tags={"team": "vision"})
+        a = store.create_run(
+            "alpha", "run-a", params={"args.learning_rate": 1e-3, "args.seed": 1, "same": "x"}, tags={"team": "nlp"}
+        )
+        b = store.create_run(
+            "beta", "run-b", params={"args.learning_rate": 1e-4, "args.seed": 1, "same": "x"}, tags={"team": "vision"}
+        )
         for step in range(1, 6):
             store.log_metrics(a, step, {"loss": 5.0 - step, "eval_accuracy": step / 10})
             store.log_metrics(b, step, {"loss": 6.0 - step / 2, "eval_accuracy": 0.5 - step / 20})
@@ -300,9 +319,11 @@ def test_cli_list_show_compare_filters(tmp_path, capsys):
     assert "params that differ (1)" in out and "args.learning_rate" in out
     assert "args.seed" not in out and "same" not in out
     assert "alpha" in out and "beta" in out  # runs from different experiments
-    loss_rows = out[out.index("\nloss") + 1:].splitlines()[:4]
-    assert "0 @5" in loss_rows[0] and "3.5 @5" in loss_rows[0] and "min @5" in loss_rows[3]  # last values, best step by min for loss
-    acc_rows = out[out.index("\neval_accuracy") + 1:].splitlines()[:4]
+    loss_rows = out[out.index("\nloss") + 1 :].splitlines()[:4]
+    assert (
+        "0 @5" in loss_rows[0] and "3.5 @5" in loss_rows[0] and "min @5" in loss_rows[3]
+    )  # last values, best step by min for loss
+    acc_rows = out[out.index("\neval_accuracy") + 1 :].splitlines()[:4]
     assert "max @5" in acc_rows[3] and "max @1" in acc_rows[3]  # accuracy: best is the max
     assert cli(["runs", "--db", db, "compare", "--all-params", "run-a", "run-b"]) == 0
     assert "args.seed" in capsys.readouterr().out

@@ -40,16 +40,24 @@ def tokenizer():
 def lm_data(tokenizer):
     train, test = arithmetic_splits(train_size=32, eval_size=8, seed=0, fmt="text")
     tok = lambda b: tokenizer(b["text"], truncation=True, max_length=32)  # noqa: E731
-    return (train.map(tok, batched=True, remove_columns=train.column_names),
-            test.map(tok, batched=True, remove_columns=test.column_names))
+    return (
+        train.map(tok, batched=True, remove_columns=train.column_names),
+        test.map(tok, batched=True, remove_columns=test.column_names),
+    )
 
 
 def _lm_trainer(tokenizer, lm_data, out, **kwargs):
-    settings = dict(max_steps=3, per_device_train_batch_size=4, learning_rate=1e-3, eval_strategy="steps", eval_steps=2)
+    settings = dict(
+        max_steps=3, per_device_train_batch_size=4, learning_rate=1e-3, eval_strategy="steps", eval_steps=2
+    )
     args = TrainingArguments(output_dir=str(out), **{**settings, **COMMON, **kwargs})
-    return Trainer(model=build_tiny_causal_lm(tokenizer, hidden_size=32, num_layers=2, num_heads=2), args=args,
-                   train_dataset=lm_data[0], eval_dataset=lm_data[1],
-                   data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
+    return Trainer(
+        model=build_tiny_causal_lm(tokenizer, hidden_size=32, num_layers=2, num_heads=2),
+        args=args,
+        train_dataset=lm_data[0],
+        eval_dataset=lm_data[1],
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+    )
 
 
 def test_trainer_run_recorded_and_training_unchanged(tokenizer, lm_data, tmp_path):
@@ -80,12 +88,20 @@ def test_trainer_run_recorded_and_training_unchanged(tokenizer, lm_data, tmp_pat
         eval_steps = [h["step"] for h in on.state.log_history if "eval_loss" in h]
         assert [p[0] for p in store.curve(run["id"], "eval_loss")] == eval_steps == [2, 3]  # recorded once each
         assert store.curve(run["id"], "sys/cpu_rss_mb")
-        assert store.artifacts(run["id"]) == [{"path": str(grid), "kind": "samples", "step": 3,
-                                               "size": grid.stat().st_size,
-                                               "sha256": hashlib.sha256(grid.read_bytes()).hexdigest()}]
+        assert store.artifacts(run["id"]) == [
+            {
+                "path": str(grid),
+                "kind": "samples",
+                "step": 3,
+                "size": grid.stat().st_size,
+                "sha256": hashlib.sha256(grid.read_bytes()).hexdigest(),
+            }
+        ]
         events = [e for e in store.events(run["id"]) if e["kind"] == "log"]
         assert {e["payload"]["key"]: e["payload"]["value"] for e in events} == {
-            "samples": ["1+1=2", "2+2=5"], "note": "text"}
+            "samples": ["1+1=2", "2+2=5"],
+            "note": "text",
+        }
 
 
 def test_locked_database_never_holds_up_training(tokenizer, lm_data, tmp_path):
@@ -102,8 +118,9 @@ def test_locked_database_never_holds_up_training(tokenizer, lm_data, tmp_path):
                 blocker.execute("BEGIN IMMEDIATE")
                 threading.Timer(3.0, lambda: (blocker.execute("COMMIT"), blocker.close())).start()
 
-    trainer = _lm_trainer(tokenizer, lm_data, tmp_path / "out", max_steps=10, eval_strategy="no",
-                          tracker_system_interval=0)
+    trainer = _lm_trainer(
+        tokenizer, lm_data, tmp_path / "out", max_steps=10, eval_strategy="no", tracker_system_interval=0
+    )
     trainer.add_callback(LockAtStep2())
     start = time.perf_counter()
     trainer.train()
@@ -134,8 +151,16 @@ def test_steps_are_committed_before_their_checkpoint_exists(tokenizer, lm_data, 
                 (run,) = reader.runs()
                 recorded_at_save[state.global_step] = [p[0] for p in reader.curve_points(run["id"], "loss")]
 
-    trainer = _lm_trainer(tokenizer, lm_data, tmp_path / "out", max_steps=4, eval_strategy="no",
-                          save_strategy="steps", save_steps=2, tracker_system_interval=0)
+    trainer = _lm_trainer(
+        tokenizer,
+        lm_data,
+        tmp_path / "out",
+        max_steps=4,
+        eval_strategy="no",
+        save_strategy="steps",
+        save_steps=2,
+        tracker_system_interval=0,
+    )
     trainer.callback_handler.callbacks.insert(0, LookAtSave())  # runs before the tracker's own on_save
     trainer.train()
     assert recorded_at_save == {2: [1, 2], 4: [1, 2, 3, 4]}
@@ -143,8 +168,9 @@ def test_steps_are_committed_before_their_checkpoint_exists(tokenizer, lm_data, 
 
 def test_curves_are_packed_at_the_end_and_read_like_rows(tokenizer, lm_data, tmp_path):
     db = os.environ["HFTRAIN_TRACKER_DB"]
-    trainer = _lm_trainer(tokenizer, lm_data, tmp_path / "out", max_steps=6, eval_strategy="no",
-                          tracker_system_interval=0)
+    trainer = _lm_trainer(
+        tokenizer, lm_data, tmp_path / "out", max_steps=6, eval_strategy="no", tracker_system_interval=0
+    )
     trainer.train()
     run_id = find_tracker(trainer).run_id
 
@@ -162,8 +188,13 @@ def test_curves_are_packed_at_the_end_and_read_like_rows(tokenizer, lm_data, tmp
     with TrackerStore(db) as store:
         assert store.curve_points(run_id, "eval_loss") == [(6, metrics["eval_loss"])]
         same_as_rows(store)
-        left = {row[0] for row in store.conn.execute(
-            "SELECT k.name FROM metric_chunks c JOIN metric_keys k ON k.id = c.key_id WHERE c.run_id = ?", (run_id,))}
+        left = {
+            row[0]
+            for row in store.conn.execute(
+                "SELECT k.name FROM metric_chunks c JOIN metric_keys k ON k.id = c.key_id WHERE c.run_id = ?",
+                (run_id,),
+            )
+        }
         assert left == set(keys) - {"epoch"}  # the other curves keep their chunks
 
 
@@ -187,8 +218,9 @@ def test_database_failing_mid_run_never_stops_training(tokenizer, lm_data, tmp_p
                 tracker = find_tracker(trainer)  # (closed on the writer thread, the connection's user)
                 tracker._writer.submit("break", 2, tracker._store.conn.close)
 
-    trainer = _lm_trainer(tokenizer, lm_data, tmp_path / "out", max_steps=4, eval_strategy="no",
-                          tracker_system_interval=0)
+    trainer = _lm_trainer(
+        tokenizer, lm_data, tmp_path / "out", max_steps=4, eval_strategy="no", tracker_system_interval=0
+    )
     trainer.add_callback(BreakDatabase())
     with caplog.at_level("ERROR"):
         trainer.train()
@@ -214,20 +246,33 @@ def test_seq2seq_sft_dpo_runs_recorded(tokenizer, tmp_path):
         return out
 
     model = build_tiny_seq2seq(tokenizer, d_model=32, num_layers=1, num_heads=2)
-    Seq2SeqTrainer(model=model, args=Seq2SeqTrainingArguments(output_dir=str(tmp_path / "s2s"), max_steps=2,
-                   per_device_train_batch_size=4, **COMMON), train_dataset=train.map(enc, batched=True,
-                   remove_columns=cols), data_collator=DataCollatorForSeq2Seq(tokenizer, model=model)).train()
+    Seq2SeqTrainer(
+        model=model,
+        args=Seq2SeqTrainingArguments(
+            output_dir=str(tmp_path / "s2s"), max_steps=2, per_device_train_batch_size=4, **COMMON
+        ),
+        train_dataset=train.map(enc, batched=True, remove_columns=cols),
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
+    ).train()
     sft_train, _ = arithmetic_splits(train_size=16, eval_size=4, seed=0)
-    SFTTrainer(model=build_tiny_causal_lm(tokenizer, hidden_size=32, num_layers=1, num_heads=2),
-               args=SFTConfig(output_dir=str(tmp_path / "sft"), max_steps=2, per_device_train_batch_size=4,
-                              max_length=32, **COMMON),
-               train_dataset=sft_train, processing_class=tokenizer).train()
+    SFTTrainer(
+        model=build_tiny_causal_lm(tokenizer, hidden_size=32, num_layers=1, num_heads=2),
+        args=SFTConfig(
+            output_dir=str(tmp_path / "sft"), max_steps=2, per_device_train_batch_size=4, max_length=32, **COMMON
+        ),
+        train_dataset=sft_train,
+        processing_class=tokenizer,
+    ).train()
     dpo_train, _ = preference_splits(train_size=16, eval_size=4, seed=0)
-    DPOTrainer(model=build_tiny_causal_lm(tokenizer, hidden_size=32, num_layers=1, num_heads=2),
-               ref_model=build_tiny_causal_lm(tokenizer, hidden_size=32, num_layers=1, num_heads=2),
-               args=DPOConfig(output_dir=str(tmp_path / "dpo"), max_steps=2, per_device_train_batch_size=4,
-                              max_length=48, **COMMON),
-               train_dataset=dpo_train, processing_class=tokenizer).train()
+    DPOTrainer(
+        model=build_tiny_causal_lm(tokenizer, hidden_size=32, num_layers=1, num_heads=2),
+        ref_model=build_tiny_causal_lm(tokenizer, hidden_size=32, num_layers=1, num_heads=2),
+        args=DPOConfig(
+            output_dir=str(tmp_path / "dpo"), max_steps=2, per_device_train_batch_size=4, max_length=48, **COMMON
+        ),
+        train_dataset=dpo_train,
+        processing_class=tokenizer,
+    ).train()
     with TrackerStore(db) as store:
         runs = {r["trainer"]: r for r in store.runs()}
         assert set(runs) == {"Seq2SeqTrainer", "SFTTrainer", "DPOTrainer"}
@@ -242,14 +287,27 @@ def test_seq2seq_sft_dpo_runs_recorded(tokenizer, tmp_path):
 def test_hyperparameter_search_trials_are_separate_runs(tokenizer, lm_data, tmp_path):
     pytest.importorskip("optuna")  # in the dev extra; CI installs it
     db = os.environ["HFTRAIN_TRACKER_DB"]
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4,
-                             eval_strategy="steps", eval_steps=2, **COMMON)
-    trainer = Trainer(model_init=lambda trial=None: build_tiny_causal_lm(tokenizer, hidden_size=32, num_layers=1,
-                      num_heads=2), args=args, train_dataset=lm_data[0], eval_dataset=lm_data[1],
-                      data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        eval_strategy="steps",
+        eval_steps=2,
+        **COMMON,
+    )
+    trainer = Trainer(
+        model_init=lambda trial=None: build_tiny_causal_lm(tokenizer, hidden_size=32, num_layers=1, num_heads=2),
+        args=args,
+        train_dataset=lm_data[0],
+        eval_dataset=lm_data[1],
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+    )
     trainer.hyperparameter_search(
         hp_space=lambda trial: {"learning_rate": trial.suggest_float("learning_rate", 1e-4, 1e-2, log=True)},
-        backend="optuna", n_trials=3, direction="minimize")
+        backend="optuna",
+        n_trials=3,
+        direction="minimize",
+    )
     with TrackerStore(db) as store:
         runs = store.runs()
         assert len(runs) == 3 and {r["status"] for r in runs} == {"finished"}
@@ -300,8 +358,12 @@ def test_kill9_crash_then_resume(tmp_path):
     out = tmp_path / "out"
     common = ["--max_steps", 6, "--save_steps", 3, "--heartbeat_timeout", 1.0]
     proc = _script(out, *common, "--hang_at", 5, wait=False)  # step 5 hangs before it is logged
-    _wait_for(lambda: (out / "checkpoint-3").is_dir() and _last_logged_step(db) == 4, proc, f"{out}.log",
-              what="step 4 logged after checkpoint-3")
+    _wait_for(
+        lambda: (out / "checkpoint-3").is_dir() and _last_logged_step(db) == 4,
+        proc,
+        f"{out}.log",
+        what="step 4 logged after checkpoint-3",
+    )
     proc.kill()
     proc.wait()
     with TrackerStore(db) as store:  # readable right after the kill; reads as crashed once the heartbeat is stale
@@ -333,8 +395,16 @@ class _FailAt(TrainerCallback):
 def test_exception_caught_by_caller_is_failed_then_resume_continues(tokenizer, lm_data, tmp_path):
     db = os.environ["HFTRAIN_TRACKER_DB"]
     out = tmp_path / "out"
-    trainer = _lm_trainer(tokenizer, lm_data, out, max_steps=4, save_strategy="steps", save_steps=2,
-                          eval_strategy="no", tracker_system_interval=0)
+    trainer = _lm_trainer(
+        tokenizer,
+        lm_data,
+        out,
+        max_steps=4,
+        save_strategy="steps",
+        save_steps=2,
+        eval_strategy="no",
+        tracker_system_interval=0,
+    )
     trainer.add_callback(_FailAt(3))
     handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     with pytest.raises(RuntimeError, match="planned failure"):
@@ -343,8 +413,16 @@ def test_exception_caught_by_caller_is_failed_then_resume_continues(tokenizer, l
     with TrackerStore(db) as store:
         (run,) = store.runs()
         assert run["status"] == "failed" and "planned failure at step 3" in run["error"]
-    resumed = _lm_trainer(tokenizer, lm_data, out, max_steps=4, save_strategy="steps", save_steps=2,
-                          eval_strategy="no", tracker_system_interval=0)
+    resumed = _lm_trainer(
+        tokenizer,
+        lm_data,
+        out,
+        max_steps=4,
+        save_strategy="steps",
+        save_steps=2,
+        eval_strategy="no",
+        tracker_system_interval=0,
+    )
     resumed.train(resume_from_checkpoint=True)
     with TrackerStore(db) as store:
         (run2,) = store.runs()
@@ -387,12 +465,27 @@ def test_signal_handlers_are_per_run_and_restored(tokenizer, lm_data, tmp_path):
     db = os.environ["HFTRAIN_TRACKER_DB"]
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     assert not lifecycle.installed()  # nothing left over from earlier tests in this process either
-    first = _lm_trainer(tokenizer, lm_data, tmp_path / "one", max_steps=2, eval_strategy="no",
-                        tracker_system_interval=0, run_name="first")
+    first = _lm_trainer(
+        tokenizer,
+        lm_data,
+        tmp_path / "one",
+        max_steps=2,
+        eval_strategy="no",
+        tracker_system_interval=0,
+        run_name="first",
+    )
     first.train()
     assert {s: signal.getsignal(s) for s in before} == before and not lifecycle.installed()
-    second = _lm_trainer(tokenizer, lm_data, tmp_path / "two", max_steps=6, eval_strategy="no",
-                         tracker_system_interval=0, run_name="second", save_strategy="no")
+    second = _lm_trainer(
+        tokenizer,
+        lm_data,
+        tmp_path / "two",
+        max_steps=6,
+        eval_strategy="no",
+        tracker_system_interval=0,
+        run_name="second",
+        save_strategy="no",
+    )
     second.add_callback(_TermAt(2))
     with pytest.raises(SystemExit) as info:  # the graceful stop ends the process with 128+15 after train()
         second.train()
@@ -412,8 +505,16 @@ def test_signal_handlers_are_per_run_and_restored(tokenizer, lm_data, tmp_path):
 
     previous = signal.signal(signal.SIGTERM, user_handler)
     try:
-        third = _lm_trainer(tokenizer, lm_data, tmp_path / "three", max_steps=6, eval_strategy="no",
-                            tracker_system_interval=0, run_name="third", save_strategy="no")
+        third = _lm_trainer(
+            tokenizer,
+            lm_data,
+            tmp_path / "three",
+            max_steps=6,
+            eval_strategy="no",
+            tracker_system_interval=0,
+            run_name="third",
+            save_strategy="no",
+        )
         third.add_callback(_TermAt(2))
         third.train()  # returns: the user's handler did not exit
         assert calls == [("user", signal.SIGTERM)] and third.state.global_step == 2
@@ -455,17 +556,36 @@ def test_report_to_hftrain_with_plain_transformers_trainer(tokenizer, lm_data, t
     import hftrain.tracking.integration  # noqa: F401  registers the report_to names
 
     db = os.environ["HFTRAIN_TRACKER_DB"]
-    args = transformers.TrainingArguments(output_dir=str(tmp_path / "plain"), max_steps=2, per_device_train_batch_size=4,
-                                          report_to=["hftrain"], use_cpu=True, disable_tqdm=True, logging_steps=1,
-                                          save_strategy="no", run_name="plain")
-    plain = transformers.Trainer(model=build_tiny_causal_lm(tokenizer, hidden_size=32, num_layers=1, num_heads=2),
-                                 args=args, train_dataset=lm_data[0],
-                                 data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "plain"),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        report_to=["hftrain"],
+        use_cpu=True,
+        disable_tqdm=True,
+        logging_steps=1,
+        save_strategy="no",
+        run_name="plain",
+    )
+    plain = transformers.Trainer(
+        model=build_tiny_causal_lm(tokenizer, hidden_size=32, num_layers=1, num_heads=2),
+        args=args,
+        train_dataset=lm_data[0],
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+    )
     assert find_tracker(plain) is not None
     plain.train()
     # an hftrain trainer asked for the same thing twice (report_to and its own tracker) records one run
-    ours = _lm_trainer(tokenizer, lm_data, tmp_path / "ours", max_steps=2, eval_strategy="no", report_to=["sqlite"],
-                       run_name="ours", tracker_system_interval=0)
+    ours = _lm_trainer(
+        tokenizer,
+        lm_data,
+        tmp_path / "ours",
+        max_steps=2,
+        eval_strategy="no",
+        report_to=["sqlite"],
+        run_name="ours",
+        tracker_system_interval=0,
+    )
     assert sum(isinstance(cb, TrackerCallback) for cb in ours.callback_handler.callbacks) == 1
     ours.train()
     with TrackerStore(db) as store:
@@ -481,8 +601,18 @@ def test_report_to_hftrain_with_plain_transformers_trainer(tokenizer, lm_data, t
 def test_two_process_accelerate_launch_makes_one_run(tmp_path):
     db = os.environ["HFTRAIN_TRACKER_DB"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = ["accelerate", "launch", "--config_file", os.path.join(REPO, "accelerate_configs", "cpu_ddp.yaml"),
-           SCRIPT, str(tmp_path / "out"), "--max_steps", 4, "--save_steps", 2]
+    cmd = [
+        "accelerate",
+        "launch",
+        "--config_file",
+        os.path.join(REPO, "accelerate_configs", "cpu_ddp.yaml"),
+        SCRIPT,
+        str(tmp_path / "out"),
+        "--max_steps",
+        4,
+        "--save_steps",
+        2,
+    ]
     result = subprocess.run([str(c) for c in cmd], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     with TrackerStore(db) as store:

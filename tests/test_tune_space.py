@@ -17,17 +17,35 @@ LR = {"type": "loguniform", "low": 1e-4, "high": 1e-2}
 @pytest.mark.parametrize(
     "space, fragment",
     [
-        ({"params": {"learning_rate": {"type": "normal", "low": 0, "high": 1}}},
-         "params.learning_rate.type: unknown distribution 'normal' (allowed: loguniform, uniform, int, categorical)"),
-        ({"params": {"learning_rate": {"type": "loguniform", "low": 1e-2, "high": 1e-4}}},
-         "params.learning_rate: empty range low=0.01 high=0.0001 (need low < high)"),
-        ({"params": {"warmup_steps": {"type": "int", "low": 10, "high": 0}}},
-         "params.warmup_steps: empty range low=10 high=0 (need low <= high)"),
-        ({"params": {"lora_r": {"type": "categorical", "choices": []}}}, "params.lora_r.choices: expected a non-empty list"),
+        (
+            {"params": {"learning_rate": {"type": "normal", "low": 0, "high": 1}}},
+            "params.learning_rate.type: unknown distribution 'normal' (allowed: loguniform, uniform, int, categorical)",
+        ),
+        (
+            {"params": {"learning_rate": {"type": "loguniform", "low": 1e-2, "high": 1e-4}}},
+            "params.learning_rate: empty range low=0.01 high=0.0001 (need low < high)",
+        ),
+        (
+            {"params": {"warmup_steps": {"type": "int", "low": 10, "high": 0}}},
+            "params.warmup_steps: empty range low=10 high=0 (need low <= high)",
+        ),
+        (
+            {"params": {"lora_r": {"type": "categorical", "choices": []}}},
+            "params.lora_r.choices: expected a non-empty list",
+        ),
         ({"params": {"learning_rate": {"type": "loguniform", "low": 0, "high": 1}}}, "a log scale needs low > 0"),
-        ({"params": {"learning_rate": LR}, "method": "bayes"}, "method: expected one of grid, random, tpe, got 'bayes'"),
-        ({"params": {"learning_rate": LR}, "method": "grid"}, "params.learning_rate: method grid needs categorical or int"),
-        ({"params": {"learning_rate": LR}, "pruner": "hyperband"}, "pruner: expected one of none, median, successive_halving"),
+        (
+            {"params": {"learning_rate": LR}, "method": "bayes"},
+            "method: expected one of grid, random, tpe, got 'bayes'",
+        ),
+        (
+            {"params": {"learning_rate": LR}, "method": "grid"},
+            "params.learning_rate: method grid needs categorical or int",
+        ),
+        (
+            {"params": {"learning_rate": LR}, "pruner": "hyperband"},
+            "pruner: expected one of none, median, successive_halving",
+        ),
         ({"params": {"learning_rate": LR}, "direction": "up"}, "direction: expected one of minimize, maximize"),
         ({"params": {}}, "params: expected a non-empty mapping"),
         ({"params": {"learning_rate": {**LR, "stepp": 1}}}, "params.learning_rate: unknown key(s) stepp"),
@@ -42,9 +60,16 @@ def test_bad_search_space_is_a_config_error_naming_the_field(space, fragment):
 
 
 def test_good_space_defaults_and_grid():
-    spec = parse_search_space({"params": {"lora_r": {"type": "categorical", "choices": [4, 8]},
-                                          "warmup_steps": {"type": "int", "low": 0, "high": 20, "step": 10}},
-                               "method": "grid", "metric": "loss"})
+    spec = parse_search_space(
+        {
+            "params": {
+                "lora_r": {"type": "categorical", "choices": [4, 8]},
+                "warmup_steps": {"type": "int", "low": 0, "high": 20, "step": 10},
+            },
+            "method": "grid",
+            "metric": "loss",
+        }
+    )
     assert spec.metric == "eval_loss" and spec.direction == "minimize"
     assert spec.grid() == {"lora_r": [4, 8], "warmup_steps": [0, 10, 20]}
 
@@ -53,11 +78,15 @@ def test_cli_rejects_bad_space_in_one_line_before_any_work(tmp_path, capsys):
     space = tmp_path / "space.yaml"
     space.write_text("params:\n  learning_rate: {type: gaussian, low: 1.0e-4, high: 1.0e-2}\n")
     storage = tmp_path / "studies.db"
-    rc = tune_main([RECIPE, "--search_space", str(space), "--storage", str(storage), "--tune_dir", str(tmp_path / "t")])
+    rc = tune_main(
+        [RECIPE, "--search_space", str(space), "--storage", str(storage), "--tune_dir", str(tmp_path / "t")]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
-    assert err == [f"error: search space params.learning_rate.type: unknown distribution 'gaussian' "
-                   f"(allowed: loguniform, uniform, int, categorical)"]
+    assert err == [
+        "error: search space params.learning_rate.type: unknown distribution 'gaussian' "
+        "(allowed: loguniform, uniform, int, categorical)"
+    ]
     assert not storage.exists() and not (tmp_path / "t").exists()
 
 

@@ -16,9 +16,28 @@ from hftrain.tracking.store import TrackerStore
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(REPO, "recipes", "sft.py")
-TINY = ["--tiny_hidden_size", "32", "--tiny_num_layers", "1", "--bundled_train_size", "64", "--bundled_eval_size", "16",
-        "--per_device_train_batch_size", "8", "--logging_steps", "4", "--eval_steps", "4", "--save_steps", "1000",
-        "--disable_tqdm", "true", "--tracker_system_interval", "0"]
+TINY = [
+    "--tiny_hidden_size",
+    "32",
+    "--tiny_num_layers",
+    "1",
+    "--bundled_train_size",
+    "64",
+    "--bundled_eval_size",
+    "16",
+    "--per_device_train_batch_size",
+    "8",
+    "--logging_steps",
+    "4",
+    "--eval_steps",
+    "4",
+    "--save_steps",
+    "1000",
+    "--disable_tqdm",
+    "true",
+    "--tracker_system_interval",
+    "0",
+]
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
@@ -34,22 +53,41 @@ def _load(storage, name):
 
 def _tracker_trials(db, study):
     with TrackerStore(db) as store:
-        return {int(store.tags(r["id"])["trial_number"]): (r, store.params(r["id"]))
-                for r in store.runs(experiment=study)}
+        return {
+            int(store.tags(r["id"])["trial_number"]): (r, store.params(r["id"])) for r in store.runs(experiment=study)
+        }
 
 
 def test_study_beats_a_bad_start_and_writes_results(tmp_path, capsys):
     from hftrain.tune import main as tune_main
 
-    space = _space(tmp_path, (
-        "study_name: sft-lr\nmetric: eval_loss\ndirection: minimize\nmethod: tpe\nseed: 0\n"
-        "pruner: {type: median, n_startup_trials: 1}\n"
-        "enqueue:\n  - {learning_rate: 1.0e-5, warmup_steps: 0}\n"  # the deliberately bad start
-        "params:\n  learning_rate: {type: loguniform, low: 3.0e-3, high: 3.0e-2}\n"
-        "  warmup_steps: {type: int, low: 0, high: 4, step: 2}\n"))
+    space = _space(
+        tmp_path,
+        (
+            "study_name: sft-lr\nmetric: eval_loss\ndirection: minimize\nmethod: tpe\nseed: 0\n"
+            "pruner: {type: median, n_startup_trials: 1}\n"
+            "enqueue:\n  - {learning_rate: 1.0e-5, warmup_steps: 0}\n"  # the deliberately bad start
+            "params:\n  learning_rate: {type: loguniform, low: 3.0e-3, high: 3.0e-2}\n"
+            "  warmup_steps: {type: int, low: 0, high: 4, step: 2}\n"
+        ),
+    )
     storage, out, db = tmp_path / "studies.db", tmp_path / "tune", os.environ["HFTRAIN_TRACKER_DB"]
-    rc = tune_main([RECIPE, "--search_space", space, "--n_trials", "4", "--storage", str(storage), "--tune_dir",
-                    str(out), "--max_steps", "12", *TINY])
+    rc = tune_main(
+        [
+            RECIPE,
+            "--search_space",
+            space,
+            "--n_trials",
+            "4",
+            "--storage",
+            str(storage),
+            "--tune_dir",
+            str(out),
+            "--max_steps",
+            "12",
+            *TINY,
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     study = _load(storage, "sft-lr")
     assert len(study.trials) == 4 and all(t.state in FINISHED for t in study.trials)
@@ -94,16 +132,35 @@ def test_study_beats_a_bad_start_and_writes_results(tmp_path, capsys):
 
 def _worker(args, log):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "hftrain.cli", "tune", RECIPE, *args], cwd=REPO, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "hftrain.cli", "tune", RECIPE, *args],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def test_two_workers_share_one_study(tmp_path):
-    space = _space(tmp_path, "study_name: shared\nmethod: random\npruner: none\nseed: 1\n"
-                   "params:\n  learning_rate: {type: loguniform, low: 1.0e-3, high: 3.0e-2}\n")
+    space = _space(
+        tmp_path,
+        "study_name: shared\nmethod: random\npruner: none\nseed: 1\n"
+        "params:\n  learning_rate: {type: loguniform, low: 1.0e-3, high: 3.0e-2}\n",
+    )
     storage, db = tmp_path / "studies.db", os.environ["HFTRAIN_TRACKER_DB"]
-    args = ["--search_space", space, "--n_trials", "4", "--storage", str(storage), "--tune_dir", str(tmp_path / "t"),
-            "--max_steps", "8", *TINY]
+    args = [
+        "--search_space",
+        space,
+        "--n_trials",
+        "4",
+        "--storage",
+        str(storage),
+        "--tune_dir",
+        str(tmp_path / "t"),
+        "--max_steps",
+        "8",
+        *TINY,
+    ]
     logs = [open(tmp_path / f"w{i}.log", "w") for i in range(2)]
     workers = [_worker([*args, "--worker_index", str(i)], logs[i]) for i in range(2)]
     codes = [w.wait(timeout=400) for w in workers]
@@ -119,11 +176,27 @@ def test_two_workers_share_one_study(tmp_path):
 
 
 def test_killed_study_resumes_where_it_stopped(tmp_path):
-    space = _space(tmp_path, "study_name: resumable\nmethod: random\npruner: none\nseed: 2\n"
-                   "params:\n  learning_rate: {type: loguniform, low: 1.0e-3, high: 3.0e-2}\n")
+    space = _space(
+        tmp_path,
+        "study_name: resumable\nmethod: random\npruner: none\nseed: 2\n"
+        "params:\n  learning_rate: {type: loguniform, low: 1.0e-3, high: 3.0e-2}\n",
+    )
     storage = tmp_path / "studies.db"
-    args = ["--search_space", space, "--n_trials", "3", "--storage", str(storage), "--tune_dir", str(tmp_path / "t"),
-            "--heartbeat_interval", "1", "--max_steps", "40", *TINY]
+    args = [
+        "--search_space",
+        space,
+        "--n_trials",
+        "3",
+        "--storage",
+        str(storage),
+        "--tune_dir",
+        str(tmp_path / "t"),
+        "--heartbeat_interval",
+        "1",
+        "--max_steps",
+        "40",
+        *TINY,
+    ]
     with open(tmp_path / "first.log", "w") as log:
         first = _worker(args, log)
         deadline = time.time() + 300

@@ -9,8 +9,8 @@ from datasets import Dataset
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 from monitor_common import TOKENIZER, InjectingTrainer, make_args, tiny_model, token_rows  # noqa: E402
 
-from hftrain.errors import ConfigError, DataError  # noqa: E402
 from hftrain.checkpoints import resume_checkpoint  # noqa: E402
+from hftrain.errors import ConfigError, DataError  # noqa: E402
 from hftrain.validation import validate_dataset, validate_finite, validate_labels  # noqa: E402
 
 
@@ -42,8 +42,11 @@ def test_non_finite_numeric_column():
 
 def test_output_dir_with_another_runs_checkpoints(tmp_path):
     out = tmp_path / "out"
-    InjectingTrainer(model=tiny_model(), train_dataset=token_rows(),
-                     args=make_args(str(out), max_steps=2, save_strategy="steps", save_steps=2)).train()
+    InjectingTrainer(
+        model=tiny_model(),
+        train_dataset=token_rows(),
+        args=make_args(str(out), max_steps=2, save_strategy="steps", save_steps=2),
+    ).train()
     listing = sorted(p.relative_to(out) for p in out.rglob("*"))
     same = make_args(str(out), max_steps=4)
     assert resume_checkpoint(same, tiny_model()).endswith("checkpoint-2")
@@ -52,8 +55,10 @@ def test_output_dir_with_another_runs_checkpoints(tmp_path):
     assert resume_checkpoint(regrouped, tiny_model()).endswith("checkpoint-2")
     # ... another global batch may not
     other = make_args(str(out), per_device_train_batch_size=4, gradient_accumulation_steps=2)
-    with pytest.raises(ConfigError, match="checkpoint-2 belongs to a run with other arguments .global_batch_size: 4 "
-                       "in the checkpoint, 8 now"):
+    with pytest.raises(
+        ConfigError,
+        match="checkpoint-2 belongs to a run with other arguments .global_batch_size: 4 in the checkpoint, 8 now",
+    ):
         resume_checkpoint(other, tiny_model())
     from hftrain.builtin import build_tiny_causal_lm
 

@@ -72,7 +72,9 @@ def _format(rows: list[dict], fmt: str) -> Dataset:
             ]
         )
     if fmt == "text":
-        return Dataset.from_list([{"text": r["prompt"] + r["completion"], "difficulty": r["difficulty"]} for r in rows])
+        return Dataset.from_list(
+            [{"text": r["prompt"] + r["completion"], "difficulty": r["difficulty"]} for r in rows]
+        )
     raise ValueError(f"format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
 
 
@@ -118,8 +120,10 @@ def preference_splits(train_size: int = 2000, eval_size: int = 200, seed: int = 
     return splits[0], splits[1]
 
 
-_ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen " \
+_ONES = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
     "seventeen eighteen nineteen".split()
+)
 _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 
 
@@ -152,6 +156,8 @@ def number_spelling_splits(train_size: int = 800, eval_size: int = 100, seed: in
     evaluation = _unique_rows(_spelling_row, eval_size, seed + 1, exclude={r["prompt"] for r in train})
 
     def to_dataset(rows):
-        return Dataset.from_list([{"source": r["prompt"], "target": r["completion"], "difficulty": r["difficulty"]} for r in rows])
+        return Dataset.from_list(
+            [{"source": r["prompt"], "target": r["completion"], "difficulty": r["difficulty"]} for r in rows]
+        )
 
     return to_dataset(train), to_dataset(evaluation)

@@ -310,7 +310,9 @@ class CurriculumArguments:
     def curriculum_on(self) -> bool:
         """True when a scorer is named (a string other than none/off, or a callable)."""
         value = self.curriculum
-        return callable(value) or (isinstance(value, str) and value.strip().lower() not in ("", "none", "off", "false"))
+        return callable(value) or (
+            isinstance(value, str) and value.strip().lower() not in ("", "none", "off", "false")
+        )
 
     def _check_curriculum(self) -> None:
         if not self.curriculum_on():

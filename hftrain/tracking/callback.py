@@ -17,12 +17,11 @@ import time
 from typing import Any, Optional
 
 from transformers import TrainerCallback
-
-from ..host import BatchGeometry
 from transformers.trainer_callback import ExportableState
 from transformers.utils import logging
 
 from ..errors import TrackerError
+from ..host import BatchGeometry
 from . import lifecycle
 from .store import TrackerStore, default_db_path, flatten
 from .sysinfo import git_info, system_info
@@ -200,7 +199,9 @@ class TrackerCallback(TrainerCallback, ExportableState):
         tags = dict(self.tags)
         if state.trial_name:
             tags["trial"] = state.trial_name
-        name = state.trial_name or getattr(args, "run_name", None) or os.path.basename(str(args.output_dir).rstrip("/"))
+        name = (
+            state.trial_name or getattr(args, "run_name", None) or os.path.basename(str(args.output_dir).rstrip("/"))
+        )
         self.run_id = store.create_run(
             self.experiment,
             name,
@@ -230,8 +231,16 @@ class TrackerCallback(TrainerCallback, ExportableState):
             else:  # lists, strings, tables: kept whole as an event, not dropped
                 events.append(("log", {"key": key, "value": _jsonable(value)}))
         self._last_step = state.global_step
-        self._write("metrics", state.global_step, self._open().log_metrics, self.run_id, state.global_step, metrics,
-                    epoch=state.epoch, events=events)
+        self._write(
+            "metrics",
+            state.global_step,
+            self._open().log_metrics,
+            self.run_id,
+            state.global_step,
+            metrics,
+            epoch=state.epoch,
+            events=events,
+        )
         self._logs_since_pack += 1
         if self._logs_since_pack >= _PACK_EVERY_LOGS:
             self._pack(below_step=state.global_step)
@@ -249,8 +258,11 @@ class TrackerCallback(TrainerCallback, ExportableState):
         if os.path.isdir(folder):
             # the files are listed now (a later save may rotate this checkpoint away) and hashed on the writer
             store, files = self._open(), _list_files(folder)
-            self._write("checkpoint", state.global_step, lambda: store.log_artifacts(
-                self.run_id, self._artifact_rows(files, "checkpoint", state.global_step)))
+            self._write(
+                "checkpoint",
+                state.global_step,
+                lambda: store.log_artifacts(self.run_id, self._artifact_rows(files, "checkpoint", state.global_step)),
+            )
         self._pack(below_step=state.global_step)
 
     def _pack(self, below_step: Optional[int]) -> None:
@@ -259,8 +271,14 @@ class TrackerCallback(TrainerCallback, ExportableState):
         step or after, so none lands behind a chunk. 256 points at least, so frequent checkpoints or logs do not
         leave many tiny chunks; the end of training packs the rest."""
         self._logs_since_pack = 0
-        self._write("packed curves", self._last_step, self._open().pack_curves, self.run_id, below_step=below_step,
-                    min_points=1 if below_step is None else 256)
+        self._write(
+            "packed curves",
+            self._last_step,
+            self._open().pack_curves,
+            self.run_id,
+            below_step=below_step,
+            min_points=1 if below_step is None else 256,
+        )
 
     def log_artifact(self, path: str, kind: str = "file", step: Optional[int] = None) -> None:
         """Record a file, or every file under a folder, by path, size and SHA-256 in the current run (the files stay
@@ -287,17 +305,21 @@ class TrackerCallback(TrainerCallback, ExportableState):
         # already retried a busy database; report the gap loudly and carry on.
         self._write_failures += 1
         if self._write_failures == 1 or self._write_failures % 100 == 0:
-            logger.error(f"hftrain tracker: could not record {what} at step {step} in {self.db_path} "
-                         f"({type(exc).__name__}: {exc}); training goes on, the run record has a gap "
-                         f"({self._write_failures} failed write(s) so far)")
+            logger.error(
+                f"hftrain tracker: could not record {what} at step {step} in {self.db_path} "
+                f"({type(exc).__name__}: {exc}); training goes on, the run record has a gap "
+                f"({self._write_failures} failed write(s) so far)"
+            )
 
     def _close_writer(self, timeout: Optional[float] = None) -> None:
         """Drain the writer's queue and stop it; afterwards the main connection is this thread's again."""
         writer, self._writer = self._writer, None
         if writer is not None and not writer.close(timeout):
             self._store = None  # the writer still uses that connection: it keeps it, later writes open a new one
-            logger.warning(f"hftrain tracker: {self.db_path} still busy after {timeout} s; "
-                           "the last queued values of this run may be missing")
+            logger.warning(
+                f"hftrain tracker: {self.db_path} still busy after {timeout} s; "
+                "the last queued values of this run may be missing"
+            )
 
     def _artifact_rows(self, files: list[tuple[str, int]], kind: str, step: Optional[int]) -> list:
         limit = self.hash_max_mb * 1024 * 1024
@@ -321,7 +343,10 @@ class TrackerCallback(TrainerCallback, ExportableState):
         try:
             self._open().set_status(self.run_id, status, error)
             self._store.checkpoint()
-        except (sqlite3.Error, TrackerError):  # the long-lived connection failed mid-run: one fresh try for the final status
+        except (
+            sqlite3.Error,
+            TrackerError,
+        ):  # the long-lived connection failed mid-run: one fresh try for the final status
             try:
                 with TrackerStore(self.db_path, timeout=5.0) as store:
                     store.set_status(self.run_id, status, error)
@@ -383,8 +408,11 @@ def _saved_run_uuid(state) -> Optional[str]:
 
 def _list_files(path: str) -> list[tuple[str, int]]:
     """`(absolute path, size)` of a file, or of every file under a folder."""
-    files = [path] if os.path.isfile(path) else [
-        os.path.join(root, name) for root, _, names in os.walk(path) for name in sorted(names)]
+    files = (
+        [path]
+        if os.path.isfile(path)
+        else [os.path.join(root, name) for root, _, names in os.walk(path) for name in sorted(names)]
+    )
     return [(os.path.abspath(file), os.path.getsize(file)) for file in files]
 
 

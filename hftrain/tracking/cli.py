@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any, Optional
 
-from ..errors import HFTrainError, TrackerError
+from ..errors import HFTrainError, TrackerError, report_user_error
 from .report import differing_params, render_report
 from .store import TrackerStore
 
@@ -104,8 +104,7 @@ def dispatch(args: argparse.Namespace) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except HFTrainError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return report_user_error(exc)
 
 
 # -- helpers ----------------------------------------------------------------------------------------------------------

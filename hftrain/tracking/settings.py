@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-
 __all__ = ["tracker_callback_for"]
 
 

@@ -64,6 +64,7 @@ def main(argv=None, hard_exit: bool = True) -> None:
         curriculum_start=0.25,
         curriculum_full_at=0.75,
     )
+
     class RecordingTrainer(Trainer):
         def training_step(self, model, inputs, num_items_in_batch=None):
             rows = [

@@ -14,8 +14,8 @@ import torch
 from datasets import Dataset
 from transformers import TrainerCallback
 
-from hftrain.config import TrainingArguments
 from hftrain.builtin import build_tiny_causal_lm, build_tokenizer
+from hftrain.config import TrainingArguments
 from hftrain.trainers import Trainer
 
 TOKENIZER = build_tokenizer()
@@ -46,7 +46,12 @@ class InjectingTrainer(Trainer):
 
     def __init__(self, *args, nan_at=(), loss_scale_at=None, grad_scale_at=None, raise_at=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.nan_at, self.loss_scale_at, self.grad_scale_at, self.raise_at = set(nan_at), loss_scale_at, grad_scale_at, raise_at
+        self.nan_at, self.loss_scale_at, self.grad_scale_at, self.raise_at = (
+            set(nan_at),
+            loss_scale_at,
+            grad_scale_at,
+            raise_at,
+        )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -70,9 +75,20 @@ class InjectingTrainer(Trainer):
 
 def make_args(output_dir: str, **overrides) -> TrainingArguments:
     """CPU arguments for a short deterministic run; override anything."""
-    values = dict(output_dir=output_dir, per_device_train_batch_size=4, max_steps=12, learning_rate=1e-2,
-                  logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, seed=0,
-                  disable_tqdm=True, monitor_min_history=4, lr_scheduler_type="constant")
+    values = dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=4,
+        max_steps=12,
+        learning_rate=1e-2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        monitor_min_history=4,
+        lr_scheduler_type="constant",
+    )
     values.update(overrides)
     return TrainingArguments(**values)
 
@@ -87,8 +103,11 @@ class Snapshots(TrainerCallback):
         self.weights[state.global_step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if optimizer is not None:
             self.moments[state.global_step] = {
-                id(p): optimizer.state[p]["exp_avg"].clone() for g in optimizer.param_groups for p in g["params"]
-                if p in optimizer.state and "exp_avg" in optimizer.state[p]}
+                id(p): optimizer.state[p]["exp_avg"].clone()
+                for g in optimizer.param_groups
+                for p in g["params"]
+                if p in optimizer.state and "exp_avg" in optimizer.state[p]
+            }
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kw):
         self._take(state, model, optimizer)
@@ -125,6 +144,12 @@ def finite(x: float) -> bool:
 
 def env_defaults() -> None:
     """The environment conftest sets, for scripts run outside pytest."""
-    for k, v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                 "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}.items():
+    for k, v in {
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+    }.items():
         os.environ.setdefault(k, v)

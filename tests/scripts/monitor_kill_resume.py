@@ -40,16 +40,27 @@ class Probe(TrainerCallback):
 
 
 def build(kind, output_dir, callbacks=()):
-    common = dict(output_dir=output_dir, per_device_train_batch_size=4, max_steps=MAX_STEPS, learning_rate=1e-3,
-                  logging_steps=1, save_strategy="steps", save_steps=SAVE_STEPS, report_to="none", use_cpu=True,
-                  seed=0, disable_tqdm=True)
+    common = dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=4,
+        max_steps=MAX_STEPS,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=SAVE_STEPS,
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
     model = tiny_model()
     if kind == "trainer":
         from hftrain.config import TrainingArguments
         from hftrain.trainers import Trainer
 
-        return Trainer(model=model, args=TrainingArguments(**common), train_dataset=token_rows(),
-                       callbacks=list(callbacks))
+        return Trainer(
+            model=model, args=TrainingArguments(**common), train_dataset=token_rows(), callbacks=list(callbacks)
+        )
     from hftrain.builtin import arithmetic_splits, preference_splits
 
     if kind == "sft":
@@ -57,18 +68,27 @@ def build(kind, output_dir, callbacks=()):
         from hftrain.trl_trainers import SFTTrainer
 
         train, _ = arithmetic_splits(64, 8)
-        return SFTTrainer(model=model, args=SFTConfig(**common, max_length=32, bf16=False,
-                                                      gradient_checkpointing=False),
-                          train_dataset=train, processing_class=TOKENIZER, callbacks=list(callbacks))
+        return SFTTrainer(
+            model=model,
+            args=SFTConfig(**common, max_length=32, bf16=False, gradient_checkpointing=False),
+            train_dataset=train,
+            processing_class=TOKENIZER,
+            callbacks=list(callbacks),
+        )
     import copy
 
     from hftrain.config.trl import DPOConfig
     from hftrain.trl_trainers import DPOTrainer
 
     train, _ = preference_splits(64, 8)
-    return DPOTrainer(model=model, ref_model=copy.deepcopy(model),
-                      args=DPOConfig(**common, max_length=32, bf16=False, gradient_checkpointing=False),
-                      train_dataset=train, processing_class=TOKENIZER, callbacks=list(callbacks))
+    return DPOTrainer(
+        model=model,
+        ref_model=copy.deepcopy(model),
+        args=DPOConfig(**common, max_length=32, bf16=False, gradient_checkpointing=False),
+        train_dataset=train,
+        processing_class=TOKENIZER,
+        callbacks=list(callbacks),
+    )
 
 
 def run_mode(kind, mode, workdir):
@@ -78,6 +98,7 @@ def run_mode(kind, mode, workdir):
 
     original = transformers.Trainer._save_optimizer_and_scheduler
     if mode == "kill_in_save":
+
         def dying_save(self, output_dir):
             if self.state.global_step == 4:  # the weights of checkpoint-4 are on disk, the rest never will be
                 os.kill(os.getpid(), signal.SIGKILL)

@@ -1,7 +1,7 @@
 """A tiny causal-LM training run with hftrain's Trainer, for the tracker tests (single process or accelerate).
 
-    python tests/scripts/tracker_train.py OUTPUT_DIR [--max_steps N] [--save_steps N] [--sleep S] [--fail_at N]
-        [--resume] [--heartbeat_timeout S] [--term_at N] [--hang_at N]
+python tests/scripts/tracker_train.py OUTPUT_DIR [--max_steps N] [--save_steps N] [--sleep S] [--fail_at N]
+    [--resume] [--heartbeat_timeout S] [--term_at N] [--hang_at N]
 """
 
 import argparse
