@@ -11,7 +11,7 @@ Three parts, each usable alone:
   Its length never changes (pacing picks which rows fill the fixed number of slots, never how many slots).
 
 `CurriculumCallback` pushes `state.epoch` into the sampler at every epoch start (accelerate does not reach a
-custom sampler after a multi-process mid-epoch resume, see UPSTREAM_NOTES §1), refuses a resume whose curriculum
+custom sampler after a multi-process mid-epoch resume: its `DataLoaderShard` passes its own iteration count), refuses a resume whose curriculum
 differs from the one in the checkpoint, and logs `curriculum/open_share` and `curriculum/mean_difficulty`.
 
 Trainers get all of this from `HFTrainMixin._get_train_sampler` (see `sampler_for_host`); other loops (the
@@ -446,7 +446,7 @@ class CurriculumCallback(TrainerCallback, ExportableState):
     """Keeps a `CurriculumSampler` on the right epoch, checks resumes, and logs the schedule.
 
     * `on_epoch_begin`: `set_epoch(int(state.epoch))`. After a multi-process mid-epoch resume accelerate's
-      `set_epoch` never reaches a custom sampler, which would replay epoch 0's order (UPSTREAM_NOTES §1).
+      `set_epoch` never reaches a custom sampler, which would replay epoch 0's order.
     * `on_train_begin`: compares the curriculum fingerprint stored in the checkpoint with this run's and
       raises `ConfigError` naming what differs (a different curriculum would silently change the data order).
     * `on_log`: adds `curriculum/open_share` (at the current step) and `curriculum/mean_difficulty` (mean score

@@ -13,8 +13,14 @@ Usage:
     accelerate launch recipes/diffusion.py --dataset_name huggan/smithsonian_butterflies_subset --resolution 32 \
         --image_resize true --class_conditional false --unet_block_out_channels 64 128 128 --output_dir outputs/bfly
 
-`--model_name_or_path` takes a saved UNet (or a pipeline folder with `unet/`) to fine-tune. The run resumes from the
-newest complete checkpoint in `output_dir` unless `--auto_resume false` is given.
+`--model_name_or_path` takes a saved UNet (or a pipeline folder with `unet/`) to fine-tune. The run resumes exactly
+from the newest complete checkpoint in `output_dir` unless `--auto_resume false` is given, or from
+`--resume_from_checkpoint PATH`. The same command gives the same weights on the same machine (the embedded UNet is
+initialised from `--seed`).
+
+The saved pipeline loads with plain diffusers: `DiffusionPipeline.from_pretrained(output_dir)` for an unconditional
+UNet (a `DDPMPipeline`); a class- or text-conditional one is hftrain's `ImagePipeline`, shipped in the folder as a
+diffusers custom pipeline, so add `trust_remote_code=True` (or load it with `hftrain.diffusion.ImagePipeline`).
 """
 
 from __future__ import annotations
@@ -50,8 +56,13 @@ def load_unet(model_args, unet_args, training_args):
     """The UNet of `model_name_or_path` (a UNet folder or a pipeline folder with `unet/`), or the embedded one."""
     if not model_args.model_name_or_path:
         num_classes = 10 if unet_args.class_conditional else None
-        return build_digits_unet(unet_args.unet_block_out_channels, unet_args.unet_layers_per_block,
-                                 unet_args.unet_attention, num_classes=num_classes)
+        return build_digits_unet(
+            unet_args.unet_block_out_channels,
+            unet_args.unet_layers_per_block,
+            unet_args.unet_attention,
+            num_classes=num_classes,
+            seed=training_args.seed,
+        )
     from diffusers import UNet2DConditionModel, UNet2DModel
 
     path = model_args.model_name_or_path
@@ -84,13 +95,17 @@ def main(argv: Optional[list[str]] = None):
     if eval_dataset is not None and script_args.max_eval_samples:
         eval_dataset = eval_dataset.select(range(min(script_args.max_eval_samples, len(eval_dataset))))
 
-    # 3. Model: the embedded UNet, or a saved one. The trainer checks data and model before any work starts.
+    # 3. Model: the embedded UNet (initialised from the seed), or a saved one. The checkpoint to resume from is
+    # checked against it now; the trainer checks data and model before any work starts.
     unet = load_unet(model_args, unet_args, training_args)
-    checkpoint = find_resume_checkpoint(training_args)
+    checkpoint = find_resume_checkpoint(training_args, unet)
 
     # 4. Trainer: scores samples with the digit classifier on the bundled default.
     trainer = DiffusionTrainer(
-        unet, training_args, train_dataset, eval_dataset=eval_dataset,
+        unet,
+        training_args,
+        train_dataset,
+        eval_dataset=eval_dataset,
         quality_fn=DigitQuality() if bundled else None,
     )
 
@@ -119,32 +134,55 @@ def main(argv: Optional[list[str]] = None):
     if is_main_process():
         samples = os.path.join(output_dir, "samples", f"step-{trainer.state.global_step:06d}.png")
         if "eval_quality" in metrics:
-            print(f"[hftrain] quality score: {metrics['eval_quality']:.3f} (confident share "
-                  f"{metrics['eval_confident_share']:.1%}, class entropy {metrics['eval_class_entropy']:.3f})")
-        print(f"[hftrain] pipeline saved to {os.path.abspath(output_dir)}")
+            print(
+                f"[hftrain] quality score: {metrics['eval_quality']:.3f} (confident share "
+                f"{metrics['eval_confident_share']:.1%}, class entropy {metrics['eval_class_entropy']:.3f})"
+            )
+        print(
+            f"[hftrain] pipeline saved to {os.path.abspath(output_dir)}; load it with "
+            f"{load_command(output_dir, trainer.args)}"
+        )
         print(f"[hftrain] samples: {os.path.abspath(samples)}")
         print(f"[hftrain] metrics: {os.path.abspath(os.path.join(output_dir, 'all_results.json'))}")
     return trainer, metrics
 
 
+def load_command(output_dir: str, args) -> str:
+    """How plain diffusers loads the saved pipeline: a conditional one is a custom pipeline (its code ships in the
+    folder), which diffusers only runs with `trust_remote_code=True`."""
+    trust = ", trust_remote_code=True" if args.class_column or args.caption_column else ""
+    return f"DiffusionPipeline.from_pretrained({os.path.abspath(output_dir)!r}{trust})"
+
+
 def write_card(output_dir: str, args, metrics: dict, step: int, history: Optional[str]) -> None:
     """README.md for the pipeline folder: how it was trained, its final scores, the last sample grid, the history."""
-    pipeline = "ImagePipeline" if args.class_column or args.caption_column else "DDPMPipeline"
-    loader = "from hftrain.diffusion import ImagePipeline" if pipeline == "ImagePipeline" else "from diffusers import DDPMPipeline"
     grid = f"samples/step-{step:06d}.png"
     lines = [
-        "---", "library_name: diffusers", "tags: [hftrain, diffusion, unconditional-image-generation]", "---", "",
-        "# Diffusion model trained with hftrain", "",
+        "---",
+        "library_name: diffusers",
+        "tags: [hftrain, diffusion, unconditional-image-generation]",
+        "---",
+        "",
+        "# Diffusion model trained with hftrain",
+        "",
         f"Noise schedule `{args.noise_schedule}`, prediction `{args.prediction_type}`, sampler `{args.sampler}` "
-        f"({args.num_inference_steps} steps), {step} steps at batch {args.per_device_train_batch_size}.", "",
-        "```python", loader, f"pipe = {pipeline}.from_pretrained('{output_dir}')", "```", "",
-        "| metric | value |", "|---|---|",
+        f"({args.num_inference_steps} steps), {step} steps at batch {args.per_device_train_batch_size}.",
+        "",
+        "```python",
+        "from diffusers import DiffusionPipeline",
+        "",
+        f"pipe = {load_command(output_dir, args)}",
+        "```",
+        "",
+        "| metric | value |",
+        "|---|---|",
         *[f"| {k} | {v:.4g} |" for k, v in metrics.items() if isinstance(v, (int, float))],
     ]
     if os.path.isfile(os.path.join(output_dir, grid)):
         lines += ["", f"![samples at step {step}]({grid})"]
     if history:
-        lines += ["", f"Run history (every logged value, from hftrain's tracker): `{os.path.relpath(history, output_dir)}/`."]
+        folder = os.path.relpath(history, output_dir)
+        lines += ["", f"Run history (every logged value, from hftrain's tracker): `{folder}/`."]
     with open(os.path.join(output_dir, "README.md"), "w") as handle:
         handle.write("\n".join(lines) + "\n")
 

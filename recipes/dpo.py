@@ -102,10 +102,10 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
     model = load_causal_lm(model_args, tokenizer)
     model = apply_peft(model, model_args, training_args)
     # The reference policy. TRL's `ref_model=None` reloads from `config._name_or_path`, which is "" for a model
-    # built in memory (UPSTREAM_NOTES §5), so full fine-tuning gets a frozen copy; with LoRA the adapter-disabled
+    # built in memory (TRL would try to load it from the Hub), so full fine-tuning gets a frozen copy; with LoRA the adapter-disabled
     # base is the reference and no copy is needed.
     ref_model = None if model_args.use_peft else copy.deepcopy(model).eval()
-    checkpoint = find_resume_checkpoint(training_args)
+    checkpoint = find_resume_checkpoint(training_args, model)
 
     # 4. Trainer: hftrain's DPOTrainer is trl.DPOTrainer plus hftrain's callbacks.
     trainer = DPOTrainer(

@@ -120,7 +120,7 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
     # 3. Model from a config (random weights) and its tokenizer (the embedded byte-level one by default).
     tokenizer = load_tokenizer(model_args)
     model = apply_peft(build_from_config(model_args, tokenizer), model_args, training_args)
-    checkpoint = find_resume_checkpoint(training_args)
+    checkpoint = find_resume_checkpoint(training_args, model)
     with training_args.main_process_first(desc="tokenising"):  # rank 0 fills the datasets cache, the rest reuse it
         train_dataset = group_texts(train_dataset, tokenizer, pretrain_args.text_column, pretrain_args.block_size)
         if eval_dataset is not None:

@@ -120,7 +120,7 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
     tokenizer = load_tokenizer(model_args)
     model = load_seq2seq_lm(model_args, tokenizer)
     model = apply_peft(model, model_args, training_args, task_type="SEQ_2_SEQ_LM")
-    checkpoint = find_resume_checkpoint(training_args)
+    checkpoint = find_resume_checkpoint(training_args, model)
     train_dataset = tokenize_pairs(train_dataset, tokenizer, data_args)
     eval_dataset = tokenize_pairs(eval_dataset, tokenizer, data_args) if eval_dataset is not None else None
 

@@ -83,7 +83,7 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
     # 3. Model and tokenizer: the embedded tiny Llama, or any Hub model by name.
     tokenizer = load_tokenizer(model_args)
     model = apply_peft(load_causal_lm(model_args, tokenizer), model_args, training_args)
-    checkpoint = find_resume_checkpoint(training_args)
+    checkpoint = find_resume_checkpoint(training_args, model)  # refuses another run's checkpoint or shape
 
     # 4. Trainer: hftrain's SFTTrainer is trl.SFTTrainer plus hftrain's callbacks.
     trainer = SFTTrainer(

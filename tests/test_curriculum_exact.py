@@ -3,7 +3,7 @@ two real processes (`accelerate launch`), including a two-process mid-epoch resu
 
 64 rows, global batch 8, 2 epochs = 16 steps, linear pacing from 25 % to all by 75 % of training (so the open share
 changes in both epochs). The kill comes after the checkpoint of step 11, in the middle of epoch 1: the case where,
-without the epoch-sync callback, two processes replay epoch 0's order (UPSTREAM_NOTES §1).
+without the epoch-sync callback, two processes replay epoch 0's order (accelerate's `set_epoch` does not reach a custom sampler after a resume).
 """
 
 from __future__ import annotations

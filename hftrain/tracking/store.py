@@ -1,8 +1,8 @@
 """The run store: one local SQLite file holding experiments, runs, params, metric curves and more.
 
-Plain `sqlite3`, no transformers import, so `hftrain runs ...` starts fast. The practices come from
-TRACKER_NOTES.md §6-8: WAL + `synchronous=NORMAL`, every write in a short `BEGIN IMMEDIATE` transaction with a
-30 s busy timeout and a bounded retry, integer keys, a metrics table clustered on (run, key, step), and a
+Plain `sqlite3`, no transformers import, so `hftrain runs ...` starts fast. SQLite practice for a single writer with
+concurrent readers: WAL + `synchronous=NORMAL`, every write in a short `BEGIN IMMEDIATE` transaction with a
+30 s busy timeout and a bounded retry, integer keys, a metrics table clustered on (run, step, key), and a
 summary table (last/min/max and their steps) kept up to date in the same transaction.
 
 `TrackerStore` is one connection composed of a mixin per concern: `schema` (opening a file, migrations, WAL,
