@@ -32,8 +32,7 @@ class HFTrainMixin:
         raw_eval_dataset = bound.get("eval_dataset")  # before TRL tokenises it
         super().__init__(*args, **kwargs)
         check_training_data(self.train_dataset, self.eval_dataset)
-        self.hftrain_args = hftrain_settings(self.args)
-        self._hftrain_evaluator = _generation_evaluator(self, raw_eval_dataset)
+        self._hftrain_evaluator = _generation_evaluator(self, hftrain_settings(self.args), raw_eval_dataset)
         for callback in build_callbacks(host_of(self)):
             self.add_callback(callback)
 
@@ -81,12 +80,12 @@ def _replace_argument(init, args: tuple, kwargs: dict, name: str, value) -> tupl
     return args[:position] + (value,) + args[position + 1 :], kwargs
 
 
-def _generation_evaluator(trainer, raw_eval_dataset):
-    if not trainer.hftrain_args.eval_metrics:
+def _generation_evaluator(trainer, settings, raw_eval_dataset):
+    if not settings.eval_metrics:
         return None
     from .generation_eval import GenerationEvaluator
 
-    return GenerationEvaluator(trainer, trainer.hftrain_args, raw_eval_dataset)
+    return GenerationEvaluator(trainer, settings, raw_eval_dataset)
 
 
 class Trainer(HFTrainMixin, transformers.Trainer):
