@@ -33,24 +33,23 @@ OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit", "adamw_8bit"
 # Inherited fields the loop gives their `Trainer` meaning: in the loop itself, through `DefaultFlowCallback` or the
 # reporting callbacks, or at construction (tf32, the process group: upstream's `__post_init__`). Script flags that
 # `Trainer` ignores too (do_train, resume_from_checkpoint, ...) are read by the recipe or by no one, as upstream.
-_UPSTREAM = (
-    "output_dir", "per_device_train_batch_size", "num_train_epochs", "max_steps", "gradient_accumulation_steps",
-    "learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "optim", "optim_args",
-    "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
-    "bf16", "fp16", "tf32", "activation_checkpointing", "activation_checkpointing_kwargs", "gradient_checkpointing",
-    "gradient_checkpointing_kwargs", "torch_compile", "torch_compile_backend", "torch_compile_mode",
-    "logging_strategy", "logging_steps", "logging_first_step", "logging_nan_inf_filter", "log_level",
-    "log_level_replica", "log_on_each_node", "disable_tqdm", "report_to", "run_name", "project", "trackio_space_id",
-    "trackio_bucket_id", "trackio_static_space_id",
-    "eval_strategy", "eval_steps", "eval_delay", "eval_on_start", "per_device_eval_batch_size",
-    "metric_for_best_model", "greater_is_better",
-    "save_strategy", "save_steps", "save_total_limit", "push_to_hub", "hub_token", "hub_private_repo", "hub_model_id",
-    "resume_from_checkpoint", "ignore_data_skip",
-    "seed", "data_seed", "full_determinism", "use_cpu", "local_rank", "dataloader_drop_last", "dataloader_num_workers",
-    "dataloader_pin_memory", "dataloader_persistent_workers", "dataloader_prefetch_factor",
-    "dataloader_multiprocessing_context", "ddp_find_unused_parameters", "ddp_bucket_cap_mb", "ddp_broadcast_buffers",
-    "ddp_static_graph", "ddp_backend", "ddp_timeout",
-    "do_train", "do_eval", "do_predict",
+_UPSTREAM = tuple(
+    """
+    output_dir per_device_train_batch_size num_train_epochs max_steps gradient_accumulation_steps
+    learning_rate lr_scheduler_type lr_scheduler_kwargs warmup_steps optim optim_args weight_decay adam_beta1
+    adam_beta2 adam_epsilon max_grad_norm
+    bf16 fp16 tf32 activation_checkpointing activation_checkpointing_kwargs gradient_checkpointing
+    gradient_checkpointing_kwargs torch_compile torch_compile_backend torch_compile_mode
+    logging_strategy logging_steps logging_first_step logging_nan_inf_filter log_level log_level_replica
+    log_on_each_node disable_tqdm report_to run_name project trackio_space_id trackio_bucket_id trackio_static_space_id
+    eval_strategy eval_steps eval_delay eval_on_start per_device_eval_batch_size metric_for_best_model greater_is_better
+    save_strategy save_steps save_total_limit push_to_hub hub_token hub_private_repo hub_model_id
+    resume_from_checkpoint ignore_data_skip
+    seed data_seed full_determinism use_cpu local_rank dataloader_drop_last dataloader_num_workers
+    dataloader_pin_memory dataloader_persistent_workers dataloader_prefetch_factor dataloader_multiprocessing_context
+    ddp_find_unused_parameters ddp_bucket_cap_mb ddp_broadcast_buffers ddp_static_graph ddp_backend ddp_timeout
+    do_train do_eval do_predict
+    """.split()
 )
 # hftrain's features run as callbacks on the loop's contract (`hftrain.host`); the text-generation metrics and the
 # language-model curriculum scorer have nothing to score here.
@@ -70,28 +69,31 @@ HONOURED_VALUES = {
 }
 
 
+# Refused fields that upstream's `__post_init__` already acts on (it would load a DeepSpeed config or set up FSDP):
+# checked before it runs, like the value restrictions. Every other field is checked after it, as it leaves them.
+_ACTED_ON_AT_CONSTRUCTION = ("deepspeed", "fsdp", "fsdp_config", "parallelism_config")
+
+
 @functools.lru_cache(maxsize=2)
 def _constructed_defaults(use_cpu: bool) -> TrainingArguments:
     """hftrain's `TrainingArguments` at its defaults as construction leaves them (upstream's `__post_init__` turns
-    e.g. `accelerator_config=None` into an `AcceleratorConfig`): a copy made with `dataclasses.replace` holds those."""
+    e.g. `accelerator_config=None` into an `AcceleratorConfig`, `include_num_input_tokens_seen=False` into "no")."""
     return TrainingArguments(output_dir="unused", use_cpu=use_cpu)
 
 
-def _is_default(args: Any, f: dataclasses.Field) -> bool:
-    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-    value = getattr(args, f.name)
-    return value == default or value == getattr(_constructed_defaults(bool(args.use_cpu)), f.name)
-
-
-def refuse_unsupported(args: Any) -> None:
-    """`ConfigError` for the first inherited field the loop does not honour that is set away from its default.
-
-    Runs before upstream's `__post_init__`, which would act on some of them (a DeepSpeed config, FSDP)."""
+def refuse_unsupported(args: Any, constructed: bool) -> None:
+    """`ConfigError` for the first inherited field the loop does not honour that is set away from its default, or
+    honoured field with a value it cannot honour. `constructed`: upstream's `__post_init__` has run (see above)."""
+    defaults = _constructed_defaults(bool(args.use_cpu))
     for f in dataclasses.fields(TrainingArguments):
+        if (f.name in _ACTED_ON_AT_CONSTRUCTION or f.name in HONOURED_VALUES) == constructed:
+            continue
         value, allowed = getattr(args, f.name), HONOURED_VALUES.get(f.name)
         if allowed is not None and value not in allowed:
-            raise ConfigError(f"{f.name}: DiffusionTrainer does not support {value!r}; use one of {', '.join(allowed)}")
-        if f.name not in HONOURED and not _is_default(args, f):
+            raise ConfigError(
+                f"{f.name}: DiffusionTrainer does not support {value!r}; use one of {', '.join(allowed)}"
+            )
+        if f.name not in HONOURED and value != getattr(defaults, f.name):
             raise ConfigError(f"{f.name}: DiffusionTrainer does not implement it; remove it (got {value!r})")
 
 
@@ -102,7 +104,9 @@ class DiffusionConfig(TrainingArguments):
     # --- noise and prediction ---------------------------------------------------------------------------------
     noise_schedule: str = field(
         default="cosine",
-        metadata={"help": f"Beta schedule of the forward process: {_listed(NOISE_SCHEDULES)} (cosine = squaredcos_cap_v2)."},
+        metadata={
+            "help": f"Beta schedule of the forward process: {_listed(NOISE_SCHEDULES)} (cosine = squaredcos_cap_v2)."
+        },
     )
     prediction_type: str = field(
         default="epsilon", metadata={"help": f"What the UNet predicts: {', '.join(PREDICTION_TYPES)}."}
@@ -116,7 +120,9 @@ class DiffusionConfig(TrainingArguments):
         default=0.0, metadata={"help": "Scale of per-image, per-channel offset noise added to the noise (e.g. 0.05)."}
     )
     # --- sampling for evaluation ------------------------------------------------------------------------------
-    sampler: str = field(default="dpmsolver++", metadata={"help": f"Sampler for evaluation grids: {_listed(SAMPLERS)}."})
+    sampler: str = field(
+        default="dpmsolver++", metadata={"help": f"Sampler for evaluation grids: {_listed(SAMPLERS)}."}
+    )
     num_inference_steps: int = field(default=25, metadata={"help": "Sampler steps per evaluation grid."})
     karras_sigmas: bool = field(
         default=False, metadata={"help": f"Karras sigma spacing at sampling time (only {', '.join(KARRAS_SAMPLERS)})."}
@@ -150,7 +156,9 @@ class DiffusionConfig(TrainingArguments):
 
     def __post_init__(self):
         if self.noise_schedule not in NOISE_SCHEDULES:
-            raise ConfigError(f"noise_schedule: unknown schedule {self.noise_schedule!r}; valid: {_listed(NOISE_SCHEDULES)}")
+            raise ConfigError(
+                f"noise_schedule: unknown schedule {self.noise_schedule!r}; valid: {_listed(NOISE_SCHEDULES)}"
+            )
         if self.prediction_type not in PREDICTION_TYPES:
             raise ConfigError(
                 f"prediction_type: unknown {self.prediction_type!r}; valid: {', '.join(PREDICTION_TYPES)}"
@@ -183,10 +191,13 @@ class DiffusionConfig(TrainingArguments):
         if self.noise_offset < 0:
             raise ConfigError(f"noise_offset: expected >= 0, got {self.noise_offset}")
         if self.curriculum == "loss":
-            raise ConfigError("curriculum: the `loss` scorer scores text with a language model; for diffusion use "
-                              "`column` (e.g. curriculum_column=label) or a callable")
-        refuse_unsupported(self)
+            raise ConfigError(
+                "curriculum: the `loss` scorer scores text with a language model; for diffusion use "
+                "`column` (e.g. curriculum_column=label) or a callable"
+            )
+        refuse_unsupported(self, constructed=False)
         super().__post_init__()
+        refuse_unsupported(self, constructed=True)
 
 
 @dataclass
