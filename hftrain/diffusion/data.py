@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import DataError
 
-__all__ = ["ImageDataset", "EpochSampler"]
+__all__ = ["ImageDataset", "EpochSampler", "collate_images", "image_datasets", "train_loader"]
+
+logger = logging.getLogger(__name__)
 
 # Small datasets are decoded once into memory; above this size images are decoded per item.
 _CACHE_LIMIT_BYTES = 512 * 2**20
@@ -38,11 +41,15 @@ class ImageDataset(Dataset):
         columns = list(getattr(dataset, "column_names", None) or (dataset[0].keys() if len(dataset) else []))
         if len(dataset) == 0:
             raise DataError("train_dataset: the dataset is empty")
-        for field_name, column in (("image_column", image_column), ("class_column", class_column),
-                                   ("caption_column", caption_column)):
+        for field_name, column in (
+            ("image_column", image_column),
+            ("class_column", class_column),
+            ("caption_column", caption_column),
+        ):
             if column is not None and column not in columns:
                 raise DataError(f"{field_name}: the dataset has no column {column!r}; its columns are {columns}")
-        self.dataset, self.image_column, self.class_column, self.caption_column = dataset, image_column, class_column, caption_column
+        self.dataset, self.image_column = dataset, image_column
+        self.class_column, self.caption_column = class_column, caption_column
         self.resolution, self.channels, self.resize, self.num_classes = resolution, channels, resize, num_classes
         self._check(len(dataset) if len(dataset) <= _CHECK_ROWS else _CHECK_ROWS)
         # Labels and captions are read as whole columns once: reading a row would also decode its image.
@@ -76,7 +83,7 @@ class ImageDataset(Dataset):
                 f"image_column {self.image_column!r}: images have mixed sizes ({shown}); set image_resize: true "
                 f"to resize and center-crop them to resolution {self.resolution}"
             )
-        (w, h), = sizes
+        ((w, h),) = sizes
         if (w, h) != (self.resolution, self.resolution):
             raise DataError(
                 f"image_column {self.image_column!r}: images are {w}x{h} but resolution is {self.resolution}; "
@@ -88,8 +95,10 @@ class ImageDataset(Dataset):
         if self.resize:
             image = _resize_center_crop(image, self.resolution)
         elif image.size != (self.resolution, self.resolution):
-            raise DataError(f"image_column {self.image_column!r}: row {index} is {image.size}, expected "
-                            f"{self.resolution}x{self.resolution} (set image_resize: true)")
+            raise DataError(
+                f"image_column {self.image_column!r}: row {index} is {image.size}, expected "
+                f"{self.resolution}x{self.resolution} (set image_resize: true)"
+            )
         array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
         array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
         return torch.from_numpy(np.ascontiguousarray(array))
@@ -104,6 +113,65 @@ class ImageDataset(Dataset):
         if self._captions is not None:
             item["caption"] = self._captions[index]
         return item
+
+
+def image_datasets(
+    train: Any, eval_rows: Any, args: Any, unet: Any, resolution: int, num_classes: Optional[int]
+) -> tuple[ImageDataset, Optional[ImageDataset]]:
+    """The train and eval sets as checked `ImageDataset`s for `unet` at `resolution` (the columns `args` names);
+    the UNet's `sample_size` becomes the trained resolution, so its pipelines generate at that size."""
+    kwargs = dict(
+        image_column=args.image_column,
+        resolution=resolution,
+        channels=unet.config.in_channels,
+        resize=args.image_resize,
+        class_column=args.class_column,
+        num_classes=num_classes,
+        caption_column=args.caption_column,
+    )
+    datasets = ImageDataset(train, **kwargs), None if eval_rows is None else ImageDataset(eval_rows, **kwargs)
+    if unet.config.sample_size != resolution:
+        logger.warning(f"UNet sample_size {unet.config.sample_size} -> {resolution} (resolution)")
+        unet.register_to_config(sample_size=resolution)
+    return datasets
+
+
+def train_loader(dataset: Dataset, sampler: Sampler, collate_fn: Any, args: Any) -> DataLoader:
+    """The training `DataLoader` with the `dataloader_*` fields (the worker-only ones only with workers). It has its
+    own generator, so creating an iterator draws nothing from the global RNG that a resume restores."""
+    options: dict[str, Any] = {"num_workers": args.dataloader_num_workers, "pin_memory": args.dataloader_pin_memory}
+    if args.dataloader_num_workers > 0:
+        options.update(
+            persistent_workers=args.dataloader_persistent_workers,
+            prefetch_factor=args.dataloader_prefetch_factor,
+            multiprocessing_context=args.dataloader_multiprocessing_context,
+        )
+    return DataLoader(
+        dataset,
+        batch_size=args.per_device_train_batch_size,
+        sampler=sampler,
+        collate_fn=collate_fn,
+        drop_last=args.dataloader_drop_last,
+        generator=torch.Generator().manual_seed(args.seed),
+        **options,
+    )
+
+
+def collate_images(rows: list[dict], tokenizer: Any = None) -> dict:
+    """A batch of `ImageDataset` items: stacked pixels, class labels, and token ids of the captions (padded to the
+    tokenizer's max length) when there are captions."""
+    batch = {"pixel_values": torch.stack([r["pixel_values"] for r in rows])}
+    if "class_labels" in rows[0]:
+        batch["class_labels"] = torch.tensor([r["class_labels"] for r in rows], dtype=torch.long)
+    if "caption" in rows[0]:
+        batch["input_ids"] = tokenizer(
+            [r["caption"] for r in rows],
+            padding="max_length",
+            truncation=True,
+            max_length=tokenizer.model_max_length,
+            return_tensors="pt",
+        ).input_ids
+    return batch
 
 
 def _column(dataset, name: str) -> list:
