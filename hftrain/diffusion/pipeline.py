@@ -2,17 +2,29 @@
 
 diffusers' `DDPMPipeline` covers the unconditional `UNet2DModel` with a DDPM/DDIM scheduler only (it never calls
 `scale_model_input`, which Euler and DPM-Solver need) and has no pixel-space conditional counterpart, so
-conditional runs are saved as this pipeline: `ImagePipeline.from_pretrained(output_dir)`.
+conditional runs are saved as this pipeline.
+
+`save_pretrained` ships this file with the weights as a diffusers custom pipeline (`model_index.json` names
+`["hftrain_image_pipeline", "ImagePipeline"]`), so plain diffusers loads the folder:
+`DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`; with hftrain installed,
+`ImagePipeline.from_pretrained(folder)` loads it with this class and runs no code from the folder. This module
+therefore imports nothing but torch and diffusers.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from typing import Optional, Sequence, Union
 
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 
-__all__ = ["ImagePipeline", "call_unet"]
+__all__ = ["CUSTOM_PIPELINE_FILE", "ImagePipeline", "call_unet"]
+
+# The module name diffusers imports the shipped file as: specific, so it never shadows another custom pipeline.
+CUSTOM_PIPELINE_FILE = "hftrain_image_pipeline"
 
 
 def call_unet(unet, sample, timesteps, class_labels=None, encoder_hidden_states=None) -> torch.Tensor:
@@ -35,10 +47,37 @@ class ImagePipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
 
+    def save_pretrained(self, save_directory: str, **kwargs):
+        """diffusers' save, plus this file and its name in `model_index.json`, so that
+        `DiffusionPipeline.from_pretrained(save_directory, trust_remote_code=True)` finds the class."""
+        super().save_pretrained(save_directory, **kwargs)
+        shutil.copyfile(os.path.abspath(__file__), os.path.join(save_directory, f"{CUSTOM_PIPELINE_FILE}.py"))
+        index = os.path.join(save_directory, "model_index.json")
+        with open(index, encoding="utf-8") as handle:
+            config = json.load(handle)
+        config["_class_name"] = [CUSTOM_PIPELINE_FILE, type(self).__name__]
+        with open(index, "w", encoding="utf-8") as handle:
+            json.dump(config, handle, indent=2, sort_keys=True)
+
+    @classmethod
+    def load_config(cls, *args, **kwargs):
+        """The folder's config, its custom-pipeline class reference read as this class's name: loading through this
+        class (`ImagePipeline.from_pretrained`) uses this code, never the copy in the folder."""
+        loaded = super().load_config(*args, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        if isinstance(config.get("_class_name"), (list, tuple)):
+            config["_class_name"] = config["_class_name"][1]
+        return loaded
+
     def encode_prompt(self, prompts: Sequence[str]) -> torch.Tensor:
         """Text-encoder hidden states for `prompts` (padded to the tokenizer's max length)."""
-        tokens = self.tokenizer(list(prompts), padding="max_length", truncation=True,
-                                max_length=self.tokenizer.model_max_length, return_tensors="pt")
+        tokens = self.tokenizer(
+            list(prompts),
+            padding="max_length",
+            truncation=True,
+            max_length=self.tokenizer.model_max_length,
+            return_tensors="pt",
+        )
         return self.text_encoder(tokens.input_ids.to(self.text_encoder.device))[0]
 
     @torch.no_grad()
