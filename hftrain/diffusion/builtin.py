@@ -47,10 +47,18 @@ def build_digits_unet(
     layers_per_block: int = 1,
     attention: bool = True,
     num_classes: int | None = None,
+    seed: int | None = None,
 ):
-    """A small `UNet2DModel` for 16x16 grayscale images; class-conditional when `num_classes` is given."""
+    """A small `UNet2DModel` for 16x16 grayscale images; class-conditional when `num_classes` is given.
+
+    With `seed`, the initial weights are a function of it alone (drawn from a forked RNG, so the caller's random
+    state is untouched): a recipe builds the model before the trainer seeds anything."""
     from diffusers import UNet2DModel
 
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build_digits_unet(block_out_channels, layers_per_block, attention, num_classes)
     n = len(block_out_channels)
     # Attention only at the coarsest resolution: it is where it helps most and costs least.
     down = ["DownBlock2D"] * (n - 1) + ["AttnDownBlock2D" if attention else "DownBlock2D"]
