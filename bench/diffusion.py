@@ -84,8 +84,15 @@ def plain_loop(args, dataset, make_unet) -> tuple[float, float]:
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch, shuffle=True)
     lr_scheduler = get_scheduler("linear", optimizer=optimizer, num_warmup_steps=0, num_training_steps=args.steps)
     model, optimizer, loader, lr_scheduler = accelerator.prepare(model, optimizer, loader, lr_scheduler)
-    ema = EMAModel(model.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75,
-                   model_cls=type(make_unet()), model_config=accelerator.unwrap_model(model).config)
+    ema = EMAModel(
+        model.parameters(),
+        decay=0.9999,
+        use_ema_warmup=True,
+        inv_gamma=1.0,
+        power=0.75,
+        model_cls=type(make_unet()),
+        model_config=accelerator.unwrap_model(model).config,
+    )
     start, step = time.perf_counter(), 0
     while step < args.steps:
         model.train()
@@ -117,10 +124,22 @@ def hftrain_loop(args, rows, make_unet) -> tuple[float, float]:
     """The same training through DiffusionTrainer (hftrain's default callbacks on): (total, steady-state) seconds."""
     with tempfile.TemporaryDirectory() as out:
         config = DiffusionConfig(
-            output_dir=out, max_steps=args.steps, per_device_train_batch_size=args.batch, learning_rate=1e-3,
-            lr_scheduler_type="linear", max_grad_norm=1.0, logging_steps=args.steps, save_strategy="no",
-            eval_strategy="no", noise_schedule="cosine", prediction_type="epsilon", ema_decay=0.9999,
-            disable_tqdm=True, report_to="none", seed=0,
+            output_dir=out,
+            max_steps=args.steps,
+            per_device_train_batch_size=args.batch,
+            learning_rate=1e-3,
+            lr_scheduler_type="linear",
+            max_grad_norm=1.0,
+            logging_steps=args.steps,
+            save_strategy="no",
+            eval_strategy="no",
+            noise_schedule="cosine",
+            prediction_type="epsilon",
+            ema_decay=0.9999,
+            disable_tqdm=True,
+            report_to="none",
+            seed=0,
+            optim="adamw_torch",  # the plain loop's optimizer (transformers' default is the fused AdamW)
         )
         clock = StepClock()
         trainer = DiffusionTrainer(make_unet(), config, rows, callbacks=[clock])
@@ -146,8 +165,10 @@ def main():
         return build_digits_unet(args.channels, 1, True)
 
     n_params = sum(p.numel() for p in make_unet().parameters())
-    print(f"UNet {args.channels} ({n_params / 1e6:.2f}M params), 16x16x1, batch {args.batch}, {args.steps} steps, "
-          f"{torch.get_num_threads()} threads, {'cuda' if torch.cuda.is_available() else 'cpu'}")
+    print(
+        f"UNet {args.channels} ({n_params / 1e6:.2f}M params), 16x16x1, batch {args.batch}, {args.steps} steps, "
+        f"{torch.get_num_threads()} threads, {'cuda' if torch.cuda.is_available() else 'cpu'}"
+    )
     plain_ips, ours_ips, plain_mem, ours_mem, plain_tot, ours_tot = [], [], [], [], [], []
     plain_loop(argparse.Namespace(steps=WARMUP + 1, batch=args.batch), dataset, make_unet)  # warm-up run
     steady_images = (args.steps - WARMUP) * args.batch
@@ -162,17 +183,27 @@ def main():
         ours_ips.append(steady_images / steady)
         ours_tot.append(args.steps * args.batch / total)
         ours_mem.append(memory.peak)
-        print(f"  repeat {repeat}: steady-state plain {plain_ips[-1]:7.1f} img/s, hftrain {ours_ips[-1]:7.1f} img/s, "
-              f"ratio {ours_ips[-1] / plain_ips[-1]:.3f} | end-to-end ratio {ours_tot[-1] / plain_tot[-1]:.3f}")
+        print(
+            f"  repeat {repeat}: steady-state plain {plain_ips[-1]:7.1f} img/s, hftrain {ours_ips[-1]:7.1f} img/s, "
+            f"ratio {ours_ips[-1] / plain_ips[-1]:.3f} | end-to-end ratio {ours_tot[-1] / plain_tot[-1]:.3f}"
+        )
     med = statistics.median
-    print(f"plain accelerate loop   : {med(plain_ips):7.1f} images/s steady ({med(plain_tot):7.1f} end-to-end), "
-          f"peak memory {max(plain_mem) / 2**20:7.1f} MiB")
-    print(f"hftrain DiffusionTrainer: {med(ours_ips):7.1f} images/s steady ({med(ours_tot):7.1f} end-to-end), "
-          f"peak memory {max(ours_mem) / 2**20:7.1f} MiB")
-    print(f"ratio hftrain/plain, steady state after {WARMUP} steps (median of {args.repeats}): "
-          f"{med(ours_ips) / med(plain_ips):.3f}  (target >= 0.98)")
-    print(f"ratio hftrain/plain, end to end incl. setup (tracker run creation, prepare): "
-          f"{med(ours_tot) / med(plain_tot):.3f}")
+    print(
+        f"plain accelerate loop   : {med(plain_ips):7.1f} images/s steady ({med(plain_tot):7.1f} end-to-end), "
+        f"peak memory {max(plain_mem) / 2**20:7.1f} MiB"
+    )
+    print(
+        f"hftrain DiffusionTrainer: {med(ours_ips):7.1f} images/s steady ({med(ours_tot):7.1f} end-to-end), "
+        f"peak memory {max(ours_mem) / 2**20:7.1f} MiB"
+    )
+    print(
+        f"ratio hftrain/plain, steady state after {WARMUP} steps (median of {args.repeats}): "
+        f"{med(ours_ips) / med(plain_ips):.3f}  (target >= 0.98)"
+    )
+    print(
+        f"ratio hftrain/plain, end to end incl. setup (tracker run creation, prepare): "
+        f"{med(ours_tot) / med(plain_tot):.3f}"
+    )
 
 
 if __name__ == "__main__":
