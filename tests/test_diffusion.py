@@ -700,16 +700,24 @@ def test_recipe_trains_with_tiny_overrides_and_rejects_bad_names(tmp_path, repo_
     assert "![samples at step 2](samples/step-000002.png)" in card and "eval_quality" in card
 
 
-def test_recipe_resumes_exactly_automatically_and_from_a_named_checkpoint(tmp_path, repo_root, capsys):
+def test_recipe_resumes_exactly_automatically_and_from_a_named_checkpoint(tmp_path, repo_root, capsys, monkeypatch):
     recipe = load_recipe(repo_root)
+    trained = []  # global_step before every optimizer step this process runs
+    step = DiffusionTrainer._optimizer_step
+    monkeypatch.setattr(
+        DiffusionTrainer, "_optimizer_step", lambda s, g: trained.append(s.state.global_step) or step(s, g)
+    )
     # A constant learning rate, so the schedule of a 2-step run is the first half of a 4-step run's.
     run = [*TINY, "--lr_scheduler_type", "constant", "--warmup_steps", "0", "--eval_strategy", "no"]
     full, _ = recipe.main([*run, "--output_dir", str(tmp_path / "full"), "--max_steps", "4"])
     part = tmp_path / "part"
     recipe.main([*run, "--output_dir", str(part), "--max_steps", "2"])
     capsys.readouterr()
+    trained.clear()
     auto, _ = recipe.main([*run, "--output_dir", str(part), "--max_steps", "4"])  # auto_resume is on by default
     assert f"resuming from {part / 'checkpoint-2'}" in capsys.readouterr().out
+    assert trained == [2, 3]  # it continued from the checkpoint's step; steps 1-2 were not trained again
+    trained.clear()
     named, _ = recipe.main(
         [
             *run,
@@ -724,6 +732,7 @@ def test_recipe_resumes_exactly_automatically_and_from_a_named_checkpoint(tmp_pa
         ]
     )
     assert f"resuming from {part / 'checkpoint-2'}" in capsys.readouterr().out
+    assert trained == [2, 3]
     for resumed in (auto, named):
         assert resumed.state.global_step == 4
         assert [h["step"] for h in resumed.state.log_history if "loss" in h] == [1, 2, 3, 4]
