@@ -569,21 +569,28 @@ class _Inject(TrainerCallback):
     def on_step_begin(self, args, state, control, **kwargs):
         self.active = state.global_step + 1 == self.at
         if self.active:
-            self.before = weights(self.trainer)
+            self.before, self.moments_before = weights(self.trainer), self._moments()
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == self.at:
-            self.active, self.after = False, weights(self.trainer)
-            self.moments = [s["exp_avg"].clone() for s in self.trainer.optimizer.state.values()]
+            self.active, self.after, self.moments = False, weights(self.trainer), self._moments()
+
+    def _moments(self):
+        return [s["exp_avg"].clone() for s in self.trainer.optimizer.state.values()]
 
 
-def test_monitor_skip_keeps_a_nan_step_out_of_the_weights(tmp_path, digits):
-    trainer = DiffusionTrainer(tiny_unet(), config(tmp_path, max_steps=4, monitor_nonfinite_action="skip"), digits)
+@pytest.mark.parametrize("optim", ["adamw_torch", "adamw_torch_fused"])
+def test_monitor_skip_keeps_a_nan_step_out_of_the_weights(tmp_path, digits, optim):
+    args = config(tmp_path, max_steps=4, monitor_nonfinite_action="skip", optim=optim)
+    trainer = DiffusionTrainer(tiny_unet(), args, digits)
     inject = _Inject(trainer, at=3)
     trainer.callback_handler.add_callback(inject)
     trainer.train()
     assert trainer.state.global_step == 4  # the step counts, its update does not
-    assert same(inject.after[0], inject.before[0]) and same(inject.after[1], inject.before[1])
+    assert same(inject.after[0], inject.before[0]) and same(inject.moments, inject.moments_before)
+    assert all(torch.isfinite(p).all() for p in inject.after[1])
+    if optim == "adamw_torch":  # dropped through the contract (drop_update): the EMA leaves the step out too
+        assert same(inject.after[1], inject.before[1])
     monitor = next(cb for cb in trainer.callbacks if type(cb).__name__ == "MonitorCallback")
     assert monitor.skipped_steps == [3]
     assert all(np.isfinite(losses(trainer)))  # logging_nan_inf_filter, as in Trainer
