@@ -623,3 +623,50 @@ def test_two_process_accelerate_launch_makes_one_run(tmp_path):
         assert run["status"] == "finished" and details["system"]["world_size"] == 2
         assert [p[0] for p in store.curve(run["id"], "loss")] == [1, 2, 3, 4]
         assert {a["step"] for a in store.artifacts(run["id"])} == {2, 4}
+
+
+def test_system_figures_and_tokens_per_second_by_default(tokenizer, tmp_path, monkeypatch):
+    """psutil's CPU, memory, disk and network figures are sampled on the sampler thread, and tokens/s is recorded
+    without `include_num_input_tokens_seen`: from the `num_tokens` TRL's SFTTrainer logs anyway."""
+    from hftrain import SFTConfig, SFTTrainer
+    from hftrain.tracking.sysinfo import SystemMonitor
+
+    threads = []
+    real_sample = SystemMonitor.sample
+
+    def sample(self):
+        threads.append(threading.current_thread().name)
+        return real_sample(self)
+
+    monkeypatch.setattr(SystemMonitor, "sample", sample)
+
+    class Slow(TrainerCallback):  # a few sampler intervals per step, so the rates have something to measure
+        def on_step_end(self, args, state, control, **kwargs):
+            time.sleep(0.04)
+
+    train, _ = arithmetic_splits(train_size=32, eval_size=4, seed=0)
+    args = SFTConfig(
+        output_dir=str(tmp_path / "sft"), max_steps=8, per_device_train_batch_size=4, max_length=32, **COMMON
+    )
+    args.tracker_system_interval = 0.05
+    trainer = SFTTrainer(
+        model=build_tiny_causal_lm(tokenizer, hidden_size=32, num_layers=1, num_heads=2),
+        args=args,
+        train_dataset=train,
+        processing_class=tokenizer,
+        callbacks=[Slow()],
+    )
+    assert args.include_num_input_tokens_seen in ("no", False)
+    trainer.train()
+    assert "hftrain-tracker-sampler" in threads  # off the training thread (only the final sample is on it)
+    with TrackerStore(os.environ["HFTRAIN_TRACKER_DB"]) as store:
+        (run,) = store.runs()
+        keys = set(store.metric_keys([run["id"]]))
+        for key in ("cpu_percent", "process_cpu_percent", "cpu_rss_mb", "memory_percent", "steps_per_second"):
+            assert f"sys/{key}" in keys, sorted(keys)
+        assert {"sys/disk_read_mb_s", "sys/net_recv_mb_s"} <= keys or not os.path.exists("/proc/diskstats")
+        rates = [v for _, v in store.curve_points(run["id"], "sys/tokens_per_second")]
+        assert rates and all(v > 0 for v in rates)
+        tokens = [v for _, v in store.curve_points(run["id"], "num_tokens")]
+        elapsed = run["end_time"] - run["start_time"]
+        assert tokens[-1] / elapsed / 4 < max(rates) < tokens[-1] / 0.04 * 4  # the right order of magnitude

@@ -12,6 +12,7 @@ import hashlib
 import math
 import os
 import sqlite3
+import sys
 import threading
 import time
 from typing import Any, Optional
@@ -24,7 +25,7 @@ from ..errors import TrackerError
 from ..host import BatchGeometry
 from . import lifecycle
 from .store import TrackerStore, default_db_path, flatten
-from .sysinfo import git_info, system_info
+from .sysinfo import SystemMonitor, git_info, system_info
 from .writer import TrackerWriter
 
 __all__ = ["TrackerCallback", "find_tracker", "parse_tags"]
@@ -429,10 +430,13 @@ def _sha256(path: str) -> Optional[str]:
 
 
 class _Sampler(threading.Thread):
-    """Every `system_interval` seconds: throughput, memory and GPU use as `sys/` series (whose write is the heartbeat).
+    """Every `system_interval` seconds: throughput and the machine's figures (`SystemMonitor`: CPU, memory, disk,
+    network, GPUs) as `sys/` series, whose write is the heartbeat.
 
     A daemon thread that only reads counters the trainer already keeps and queues its sample to the writer thread,
-    so training never waits for it.
+    so training never waits for it. Tokens/s comes from `state.num_input_tokens_seen` (transformers'
+    `include_num_input_tokens_seen`) or, without it, from the `num_tokens` TRL's trainers log anyway; nothing is
+    counted for it.
     """
 
     def __init__(self, tracker: TrackerCallback, args, state):
@@ -441,9 +445,11 @@ class _Sampler(threading.Thread):
         self.interval = tracker.system_interval
         self.samples_per_step = BatchGeometry.from_args(args).global_batch
         self._stop_event = threading.Event()
-        self._last = (time.perf_counter(), state.global_step, state.num_input_tokens_seen or 0)
+        self._monitor: Optional[SystemMonitor] = None
+        self._last = (time.perf_counter(), state.global_step, self._tokens_seen())
 
     def run(self) -> None:
+        self._system()  # psutil and NVML start here, off the training thread
         while not self._stop_event.wait(self.interval):
             self.sample()
 
@@ -454,9 +460,29 @@ class _Sampler(threading.Thread):
         if final and self.tracker._store is not None:
             self.sample()
 
+    def _system(self) -> Optional[SystemMonitor]:
+        if self._monitor is None:
+            try:
+                self._monitor = SystemMonitor()
+            except Exception as exc:  # psutil missing or refused: throughput is still worth recording
+                logger.warning(f"hftrain tracker: no system figures ({type(exc).__name__}: {exc})")
+                self._monitor = False
+        return self._monitor or None
+
+    def _tokens_seen(self) -> Optional[float]:
+        """Tokens trained on so far: transformers' own count, else the newest `num_tokens` TRL logged (read from the
+        log history, which the training thread only appends to); None when the trainer counts none."""
+        if self.state.num_input_tokens_seen:
+            return float(self.state.num_input_tokens_seen)
+        history = self.state.log_history
+        for entry in history[-1:-6:-1]:  # a train log is among the last few (eval logs come between)
+            if isinstance(entry.get("num_tokens"), (int, float)):
+                return float(entry["num_tokens"])
+        return None
+
     def sample(self) -> None:
         """Write one `sys/` sample at the current step."""
-        now, step, tokens = time.perf_counter(), self.state.global_step, self.state.num_input_tokens_seen or 0
+        now, step, tokens = time.perf_counter(), self.state.global_step, self._tokens_seen()
         then, step0, tokens0 = self._last
         self._last = (now, step, tokens)
         elapsed = max(now - then, 1e-9)
@@ -464,37 +490,25 @@ class _Sampler(threading.Thread):
         if step > step0:  # no step in between (evaluation, saving): keep the last rate rather than write a 0
             values["sys/steps_per_second"] = (step - step0) / elapsed
             values["sys/samples_per_second"] = (step - step0) * self.samples_per_step / elapsed
-            if tokens:
+            if tokens is not None and tokens0 is not None and tokens > tokens0:
                 values["sys/tokens_per_second"] = (tokens - tokens0) / elapsed
-        rss = _rss_bytes()
-        if rss is not None:
-            values["sys/cpu_rss_mb"] = rss / 2**20
-        values.update(_gpu_values())
+        monitor = self._system()
+        if monitor is not None:
+            values.update(monitor.sample())
+        values.update(_torch_gpu_values())
         # Only ever through the writer: this may be the sampler's own thread, which must never use the connection.
         writer, store, run_id = self.tracker._writer, self.tracker._store, self.tracker.run_id
         if writer is not None and writer.is_alive() and store is not None and run_id is not None:
             writer.submit("system sample", step, store.log_metrics, run_id, step, values)
 
 
-def _rss_bytes() -> Optional[int]:
-    try:
-        with open("/proc/self/statm", encoding="ascii") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _gpu_values() -> dict[str, float]:
-    import torch
-
-    if not torch.cuda.is_available():
+def _torch_gpu_values() -> dict[str, float]:
+    """This process's allocated and reserved CUDA memory, as torch's allocator sees it (NVML gives the device's)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
         return {}
     values: dict[str, float] = {}
     for index in range(torch.cuda.device_count()):
         values[f"sys/gpu{index}_memory_allocated_mb"] = torch.cuda.memory_allocated(index) / 2**20
         values[f"sys/gpu{index}_memory_reserved_mb"] = torch.cuda.memory_reserved(index) / 2**20
-        try:
-            values[f"sys/gpu{index}_utilization"] = float(torch.cuda.utilization(index))
-        except Exception:  # needs pynvml / NVML; memory figures are still worth having
-            pass
     return values
