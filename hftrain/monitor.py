@@ -1,9 +1,13 @@
 """The training monitor: catch NaN/Inf, loss spikes, gradient explosions, stalls and overfitting, then act.
 
 Per optimizer step, in `on_pre_optimizer_step` (after backward and clipping, before `optimizer.step()`), the monitor
-reads two numbers it does not compute itself, in one device sync, through the host contract (`hftrain.host`): the
-step's loss and the pre-clip gradient norm, as every loop (transformers' Trainer family, the diffusion loop) offers
-them.
+takes two numbers it does not compute itself through the host contract (`hftrain.host`): the step's loss and the
+pre-clip gradient norm, as device tensors. With the defaults it reads them without a host sync per step: a
+non-finite step is kept out of the weights on the device (the fused optimizers' `found_inf`, GradScaler's path:
+weights, Adam moments and step counts stay untouched), and the values are read all at once at the next logging,
+saving or evaluation step, where findings are reported. An action that must come before the update (a spike action
+other than `warn`, `stop`/`rollback` on non-finite values, `skip` with a non-fused optimizer) reads both numbers
+every step instead, in one sync.
 
 Because both are known before the update, `skip`, `stop` and `rollback` keep a bad update out of the weights at any
 `logging_steps`. A NaN/Inf loss always gives a NaN/Inf gradient, so it is caught here even where transformers'
@@ -93,6 +97,28 @@ def _median(ordered: list) -> float:
     return ordered[n // 2] if n % 2 else 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])
 
 
+def _inner_optimizer(optimizer: Any) -> Any:
+    """The torch optimizer inside accelerate's `AcceleratedOptimizer` wrapper (or the optimizer itself)."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+def _skips_on_device(optimizer: Any, args: Any) -> bool:
+    """True when the optimizer can keep an update out on the device: torch's fused Adam/AdamW/SGD read a
+    `found_inf` tensor and leave weights, moments and step counts untouched where it is set (GradScaler's path;
+    not under fp16, where the scaler owns that attribute)."""
+    inner = _inner_optimizer(optimizer)
+    fused = all(group.get("fused") for group in getattr(inner, "param_groups", [{}]))
+    return bool(getattr(inner, "_step_supports_amp_scaling", False) and fused and not getattr(args, "fp16", False))
+
+
+def _as_scalar(value: Any, missing: Any) -> Any:
+    import torch
+
+    if value is None:
+        return missing
+    return torch.as_tensor(value).detach().float().reshape(()).to("cpu", non_blocking=True)
+
+
 def _read_both(loss: Any, grad_norm: Any) -> tuple[Optional[float], Optional[float]]:
     """The step's loss and gradient norm as floats, read from the device together (one sync)."""
     values = [v for v in (loss, grad_norm) if v is not None]
@@ -127,6 +153,9 @@ class MonitorCallback(TrainerCallback):
         self._train_losses_since_eval: list[float] = []
         self._last_train_loss: Optional[float] = None
         self._evals: list[tuple[float, float]] = []
+        self._pending: list[tuple] = []  # (step, loss, grad_norm) on the device, read at the next flush
+        self._deferred: Optional[bool] = None  # decided at the first step (needs the optimizer)
+        self._found_inf_set = False
 
     # -- wiring --------------------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
@@ -135,6 +164,7 @@ class MonitorCallback(TrainerCallback):
             attach()
 
     def on_train_end(self, args, state, control, **kwargs):
+        self._flush(args, state)
         detach = getattr(self.host, "detach", None)
         if detach is not None:
             detach()
@@ -166,8 +196,21 @@ class MonitorCallback(TrainerCallback):
 
     # -- per step ------------------------------------------------------------------------------------------------
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        step_loss, grad_norm = _read_both(*self.host.step_values())
+        loss, grad_norm = self.host.step_values()
         step = state.global_step + 1  # the step this update would complete
+        if self._reads_deferred(args):
+            self._keep_out_if_nonfinite(loss, grad_norm)
+            self._pending.append((step, loss, grad_norm))
+            return
+        self._review(step, *_read_both(loss, grad_norm), args, state, kept_out=False)
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        if self._found_inf_set:  # the flag belongs to this step only
+            self._found_inf_set = False
+            del _inner_optimizer(self.host.optimizer).found_inf
+
+    def _review(self, step: int, step_loss, grad_norm, args, state, kept_out: bool) -> None:
+        """Judge one step's values and act (`kept_out`: a non-finite update was already kept out on the device)."""
         findings = self._judge(step_loss, grad_norm)
         if not findings:
             self._consecutive_skips = 0
@@ -182,7 +225,52 @@ class MonitorCallback(TrainerCallback):
         for kind, action, message in findings:
             self.notifier.notify("anomaly", kind, f"{message}; action: {action}", step=step, metrics=metrics)
         action = max((a for _, a, _ in findings), key=SEVERITY.__getitem__)
-        self._act(action, findings[0][0], args, state, step, metrics)
+        self._act(action, findings[0][0], args, state, step, metrics, kept_out=kept_out)
+
+    # -- no host read per step -----------------------------------------------------------------------------------
+    def _reads_deferred(self, args) -> bool:
+        """True when every action can wait for the next logging step: spikes only warn, and a non-finite step is
+        warned about or kept out on the device (a fused optimizer's `found_inf`, as GradScaler uses it). Then the
+        step's values stay on the device and are read, all at once, when the trainer logs or saves."""
+        if self._deferred is None:
+            s = self.s
+            spikes_warn = s.monitor_loss_spike_action == s.monitor_grad_explosion_action == "warn"
+            nonfinite_ok = s.monitor_nonfinite_action == "warn" or (
+                s.monitor_nonfinite_action == "skip" and _skips_on_device(self.host.optimizer, args)
+            )
+            self._deferred = spikes_warn and nonfinite_ok
+        return self._deferred
+
+    def _keep_out_if_nonfinite(self, loss, grad_norm) -> None:
+        if self.s.monitor_nonfinite_action != "skip":
+            return
+        import torch
+
+        values = [v.detach().float().reshape(()) for v in (loss, grad_norm) if torch.is_tensor(v)]
+        if values:
+            _inner_optimizer(self.host.optimizer).found_inf = (~torch.isfinite(torch.stack(values))).any().float()
+            self._found_inf_set = True
+
+    def _flush(self, args, state) -> None:
+        """Read the values of the steps since the last flush (one host read) and review them in order."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        import torch
+
+        nan = torch.tensor(float("nan"))
+        rows = torch.stack(
+            [torch.stack([_as_scalar(v, nan) for v in (loss, grad_norm)]) for _, loss, grad_norm in pending]
+        ).tolist()
+        for (step, loss, grad_norm), (loss_value, norm_value) in zip(pending, rows):
+            self._review(
+                step,
+                None if loss is None else loss_value,
+                None if grad_norm is None else norm_value,
+                args,
+                state,
+                kept_out=self.s.monitor_nonfinite_action == "skip",
+            )
 
     def _judge(self, step_loss: Optional[float], grad_norm: Optional[float]) -> list[tuple[str, str, str]]:
         s = self.s
@@ -205,14 +293,15 @@ class MonitorCallback(TrainerCallback):
                 )
         return findings
 
-    def _act(self, action: str, kind: str, args, state, step: int, metrics: dict) -> None:
+    def _act(self, action: str, kind: str, args, state, step: int, metrics: dict, kept_out: bool = False) -> None:
         if action == "skip":
             self._consecutive_skips += 1
             if self._consecutive_skips >= self.s.monitor_max_skips:
                 action = "stop"
                 reason = f"{self._consecutive_skips} consecutive steps skipped (monitor_max_skips)"
             else:
-                self.host.drop_update()
+                if not kept_out:
+                    self.host.drop_update()
                 self.skipped_steps.append(step)
                 self.notifier.notify(
                     "action", "skip", f"update of step {step} not applied ({kind})", step=step, metrics=metrics
@@ -259,6 +348,9 @@ class MonitorCallback(TrainerCallback):
                 group["initial_lr"] *= factor
 
     def on_step_end(self, args, state, control, **kwargs):
+        flush = control.should_log or control.should_save or control.should_evaluate or control.should_training_stop
+        if flush or state.global_step >= state.max_steps:
+            self._flush(args, state)  # DefaultFlowCallback, first in the list, has decided this step's events
         if self._pending_stop is not None:
             self._stop(control, state, self._pending_stop)
             self._pending_stop = None

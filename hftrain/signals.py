@@ -66,7 +66,7 @@ class SignalCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         flag = self.received is not None
-        if getattr(args, "world_size", 1) > 1:
+        if getattr(args, "world_size", 1) > 1 and _agreement_step(state, control):
             flag = _any_process(flag, args)  # every rank must stop at the same step or the next collective hangs
             if flag and self.received is None:
                 self.received = signal.SIGTERM
@@ -100,6 +100,22 @@ class SignalCallback(TrainerCallback):
             if handler is not None:
                 signal.signal(number, handler)
         return previous
+
+
+# Under several processes a signal reaches one rank; the ranks agree on it with a collective, which costs a host
+# sync, so they do so every SIGNAL_CHECK_STEPS optimizer steps and at every logging, saving and last step (the same
+# steps on every rank: DefaultFlowCallback decides them identically), never on the other steps.
+SIGNAL_CHECK_STEPS = 16
+
+
+def _agreement_step(state: Any, control: Any) -> bool:
+    return bool(
+        state.global_step % SIGNAL_CHECK_STEPS == 0
+        or control.should_log
+        or control.should_save
+        or control.should_training_stop
+        or state.global_step >= state.max_steps
+    )
 
 
 def _any_process(flag: bool, args: Any) -> bool:
