@@ -14,8 +14,8 @@ Three parts, each usable alone:
 custom sampler after a multi-process mid-epoch resume: its `DataLoaderShard` passes its own iteration count), refuses a resume whose curriculum
 differs from the one in the checkpoint, and logs `curriculum/open_share` and `curriculum/mean_difficulty`.
 
-Trainers get all of this from `HFTrainMixin._get_train_sampler` (see `sampler_for_host`); other loops (the
-diffusion loop) call `build_curriculum_sampler`.
+Every loop gets all of this through the host contract: `HFTrainMixin._get_train_sampler` and the diffusion loop
+both call `sampler_for_host(host)`; `build_curriculum_sampler` serves a loop outside hftrain.
 """
 
 from __future__ import annotations
