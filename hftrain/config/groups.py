@@ -109,6 +109,14 @@ class RunArguments:
             "on any number of GPUs (also on resume). None: `gradient_accumulation_steps` as given."
         },
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Let a run start from scratch in an `output_dir` that holds a previous run's results (final "
+            "weights, or checkpoints none of which can be resumed). false (default): such a run is refused before "
+            "anything is written, naming the files. (transformers 5 dropped its own field of this name.)"
+        },
+    )
     optimization_level: Optional[str] = field(
         default=None,
         metadata={
@@ -120,7 +128,7 @@ class RunArguments:
     )
 
     def _check_run(self) -> None:
-        for name in ("auto_resume", "checkpoint_marker", "graceful_signals", "signal_exit"):
+        for name in ("auto_resume", "checkpoint_marker", "graceful_signals", "signal_exit", "overwrite_output_dir"):
             _flag(name, getattr(self, name))
         _whole("global_batch_size", self.global_batch_size, 1, optional=True)
         if self.optimization_level is not None:
@@ -213,6 +221,14 @@ class EvalMetricsArguments:
             "the text after it is the reference."
         },
     )
+    eval_reference_column: str = field(
+        default="answer",
+        metadata={
+            "help": "For prompt-only eval rows (GRPO, RLOO): the column holding the reference the generation metrics "
+            "compare the policy's completions with (TRL drops a column named `completion` before the reward "
+            "functions see it). Rows with `completion` or `chosen` use those."
+        },
+    )
     eval_exact_match_normalization: list[str] = field(
         default_factory=lambda: ["whitespace"],
         metadata={"help": "Normalisations before `exact_match` compares: lower punctuation whitespace articles."},
@@ -256,6 +272,8 @@ class EvalMetricsArguments:
             )
         if self.eval_response_template is not None and not self.eval_response_template:
             raise ConfigError("eval_response_template: expected a non-empty string or None, got ''")
+        if not isinstance(self.eval_reference_column, str) or not self.eval_reference_column:
+            raise ConfigError(f"eval_reference_column: expected a column name, got {self.eval_reference_column!r}")
 
 
 def metric_names(value: Any) -> list:
@@ -399,6 +417,53 @@ class MonitorArguments:
         },
     )
     overfit_action: str = field(default="warn", metadata={"help": "Action on overfitting: warn or stop."})
+    monitor_reward_hacking_evals: int = field(
+        default=3,
+        metadata={
+            "help": "Reward hacking (GRPO, RLOO): flag it when the task metric fell at each of this many evaluations "
+            "in a row (by at least `monitor_reward_hacking_min_drop` overall) while the training reward rose. "
+            "0: off. Needs a task metric in the eval logs (eval_metrics, e.g. exact_match)."
+        },
+    )
+    monitor_reward_hacking_min_drop: float = field(
+        default=0.1,
+        metadata={
+            "help": "Smallest fall of the task metric over those evaluations that counts, as a share of its value "
+            "at the start (0.1: 0.70 -> 0.63), so evaluation noise does not look like hacking."
+        },
+    )
+    monitor_reward_saturation: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "Also flag reward hacking when the training reward is at or above this value (e.g. the most "
+            "your reward functions can give together) for `monitor_reward_hacking_evals` evaluations while the "
+            "task metric stays below `monitor_task_metric_floor`. None: that check is off."
+        },
+    )
+    monitor_task_metric_floor: float = field(
+        default=0.5, metadata={"help": "A task metric below this counts as low, for `monitor_reward_saturation`."}
+    )
+    monitor_reward_key: str = field(
+        default="reward",
+        metadata={
+            "help": "The training log key of the reward (TRL's GRPO and RLOO log the summed reward as `reward`)."
+        },
+    )
+    monitor_task_metric: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "The eval metric that measures the task, higher is better (e.g. `eval_exact_match`). Default: "
+            "`metric_for_best_model` unless it is a reward, else the first of eval_exact_match, "
+            "eval_numeric_match, eval_chrf, eval_rougeL, eval_bleu that is logged."
+        },
+    )
+    monitor_reward_hacking_action: str = field(
+        default="warn",
+        metadata={
+            "help": "Action on reward hacking: warn, stop (save a checkpoint and stop) or rollback (reload the "
+            "newest complete checkpoint from before the task metric began to fall, and go on)."
+        },
+    )
     early_stopping_patience: int = field(
         default=0,
         metadata={
@@ -425,6 +490,7 @@ class MonitorArguments:
             _choice(name, getattr(self, name), ACTIONS)
         for name in ("monitor_stall_action", "overfit_action"):
             _choice(name, getattr(self, name), ("warn", "stop"))
+        self._check_reward_hacking()
         _flag("monitor", self.monitor)
         for name, low in (("monitor_window", 3), ("monitor_min_history", 2), ("monitor_max_skips", 1),
                           ("monitor_stall_logs", 0), ("monitor_max_rollbacks", 0), ("overfit_patience", 0),
@@ -446,6 +512,18 @@ class MonitorArguments:
             )
         if self.early_stopping_mode is not None:
             _choice("early_stopping_mode", self.early_stopping_mode, ("min", "max"))
+
+    def _check_reward_hacking(self) -> None:
+        _choice("monitor_reward_hacking_action", self.monitor_reward_hacking_action, ("warn", "stop", "rollback"))
+        _whole("monitor_reward_hacking_evals", self.monitor_reward_hacking_evals, 0)
+        _number("monitor_reward_hacking_min_drop", self.monitor_reward_hacking_min_drop, high=1.0)
+        _number("monitor_task_metric_floor", self.monitor_task_metric_floor, low=-math.inf)
+        if self.monitor_reward_saturation is not None:
+            _number("monitor_reward_saturation", self.monitor_reward_saturation, low=-math.inf)
+        for name in ("monitor_reward_key", "monitor_task_metric"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(f"{name}: expected a metric name, got {value!r}")
 
     def rollback_requested(self) -> bool:
         """True when any anomaly action is `rollback` (it needs checkpoints to go back to)."""
@@ -480,6 +558,79 @@ class AlertArguments:
             raise ConfigError(f"alert_webhook_url: expected an http:// or https:// URL, got {url!r}")
 
 
+# -- upstream's numeric fields ----------------------------------------------------------------------------------
+# transformers and TRL accept these at any value and fail (or silently train nothing) much later: a
+# ZeroDivisionError in a sampler, torch's "Invalid learning rate" traceback, NaN weights. Each entry is checked when
+# the combined class has the field; `when` names the strategy field that makes an interval field matter.
+def _share(name: str, value: Any, *, open_high: bool) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or value > 1 or (open_high and value == 1):
+        raise ConfigError(f"{name}: expected a number in [0, 1{')' if open_high else ']'}, got {value!r}")
+
+
+def _optional_whole(low: int):
+    return lambda name, value: _whole(name, value, low, optional=True)
+
+
+_UPSTREAM_CHECKS: tuple = (
+    ("learning_rate", lambda n, v: _number(n, v)),
+    ("per_device_train_batch_size", lambda n, v: _whole(n, v, 1)),
+    ("per_device_eval_batch_size", lambda n, v: _whole(n, v, 1)),
+    ("gradient_accumulation_steps", lambda n, v: _whole(n, v, 1)),
+    ("eval_accumulation_steps", _optional_whole(1)),
+    ("weight_decay", lambda n, v: _number(n, v)),
+    ("adam_beta1", lambda n, v: _share(n, v, open_high=True)),
+    ("adam_beta2", lambda n, v: _share(n, v, open_high=True)),
+    ("adam_epsilon", lambda n, v: _number(n, v, strict=True)),
+    ("max_grad_norm", lambda n, v: v is None or _number(n, v)),
+    ("warmup_steps", lambda n, v: _number(n, v)),
+    ("label_smoothing_factor", lambda n, v: _share(n, v, open_high=True)),
+    ("eval_delay", lambda n, v: _number(n, v)),
+    ("save_total_limit", _optional_whole(0)),
+    ("seed", lambda n, v: _whole(n, v, 0) or _seed_range(n, v)),
+    ("data_seed", lambda n, v: v is None or _whole(n, v, 0) or _seed_range(n, v)),
+    ("dataloader_num_workers", lambda n, v: _whole(n, v, 0)),
+    ("dataloader_prefetch_factor", _optional_whole(1)),
+    ("dataset_num_proc", _optional_whole(1)),
+    ("max_length", _optional_whole(1)),
+    ("generation_max_length", _optional_whole(1)),
+    ("generation_num_beams", _optional_whole(1)),
+    ("precompute_ref_batch_size", _optional_whole(1)),
+    ("beta", lambda n, v: _number(n, v)),  # 0 is GRPO's default (no KL term, no reference model)
+)
+# Interval fields: a positive number of steps (below 1: a share of training, as upstream reads it) when their
+# strategy is `steps`; None means "as logging_steps" for eval_steps.
+_INTERVALS = (("logging_steps", "logging_strategy"), ("eval_steps", "eval_strategy"), ("save_steps", "save_strategy"))
+
+
+def _seed_range(name: str, value: int) -> None:
+    if value > 2**32 - 1:
+        raise ConfigError(f"{name}: expected a whole number from 0 to 4294967295 (numpy's seed range), got {value}")
+
+
+def _strategy(value: Any) -> str:
+    return str(getattr(value, "value", value))
+
+
+def check_upstream_ranges(args: Any) -> None:
+    """Range checks of upstream's numeric fields present on `args` (pure; the first bad field raises)."""
+    for name, check in _UPSTREAM_CHECKS:
+        if hasattr(args, name):
+            check(name, getattr(args, name))
+    max_steps = getattr(args, "max_steps", -1)
+    if max_steps != -1:
+        if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 1:
+            raise ConfigError(
+                f"max_steps: expected -1 (train num_train_epochs) or a whole number >= 1, got {max_steps!r}"
+            )
+    elif hasattr(args, "num_train_epochs"):
+        _number("num_train_epochs", args.num_train_epochs, strict=True)
+    for name, strategy in _INTERVALS:
+        value = getattr(args, name, None)
+        if value is not None and _strategy(getattr(args, strategy, "no")) == "steps":
+            _number(name, value, strict=True)
+
+
 @dataclass(kw_only=True)
 class HFTrainArguments(
     RunArguments, TrackerArguments, EvalMetricsArguments, CurriculumArguments, MonitorArguments, AlertArguments
@@ -494,6 +645,7 @@ class HFTrainArguments(
         self._check_curriculum()
         self._check_monitor()
         self._check_alerts()
+        check_upstream_ranges(self)
         self._check_against_upstream()
 
     def _check_against_upstream(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import sys
 from typing import Any, Optional
 
@@ -36,7 +37,13 @@ class HFTrainParser(HfArgumentParser):
         # subclasses share, so read the declared types from the class annotations: they say which keys may hold
         # a list or a mapping in YAML.
         self._declared_types = {f.name: _declared_type(t, f.name) for t in types for f in dataclasses.fields(t)}
+        # argparse's prefix matching would take `--max_step 4` as `--max_steps`: an unknown flag must stop the run.
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(types, **kwargs)
+        for action in self._actions:
+            # argparse %-formats help texts; a literal "10%" in one would crash `--help` (TypeError: %o format)
+            if action.help:
+                action.help = re.sub(r"%(?![%(])", "%%", action.help)
 
     def error(self, message: str):  # argparse calls this for every parse error
         raise ConfigError(message)
@@ -48,9 +55,13 @@ class HFTrainParser(HfArgumentParser):
             return
         super()._parse_dataclass_field(parser, field)
 
-    def parse_args_and_config(self, args: Optional[list[str]] = None) -> tuple:
+    def parse_args_and_config(self, args: Optional[list[str]] = None, base_config: Optional[str] = None) -> tuple:
+        """The dataclasses from `--config FILE` then the flags. `base_config`: a YAML read when no `--config` is
+        given (a recipe's bundled defaults); its keys are defaults, not fields the user named."""
         argv = list(sys.argv[1:] if args is None else args)
         config_path, argv = _pop_config_flag(argv)
+        user_config = config_path is not None
+        config_path = config_path if user_config else base_config
         config_tokens: list[str] = []
         self._yaml_defaults: set[str] = set()
         if config_path is not None:
@@ -59,7 +70,8 @@ class HFTrainParser(HfArgumentParser):
         if remaining:
             raise ConfigError(f"unknown command-line argument(s): {' '.join(remaining)}{self._suggest(remaining[0])}")
         values = vars(namespace)
-        self.explicit_fields = frozenset(self._given_fields(config_tokens + argv) | set(self._yaml_defaults))
+        named = self._given_fields(config_tokens + argv) | set(self._yaml_defaults) if user_config else set()
+        self.explicit_fields = frozenset(named | self._given_fields(argv))
         outputs = []
         for dtype in self.dataclass_types:
             keys = {f.name for f in dataclasses.fields(dtype) if f.init}
@@ -73,16 +85,7 @@ class HFTrainParser(HfArgumentParser):
 
     # -- YAML -------------------------------------------------------------------------------------------------
     def _config_to_tokens(self, path: str) -> list[str]:
-        if not os.path.isfile(path):
-            raise ConfigError(f"--config: no such file: {path}")
-        try:
-            with open(path, encoding="utf-8") as handle:
-                data = yaml.safe_load(handle) or {}
-        except yaml.YAMLError as exc:
-            detail = " ".join(str(exc).split())  # one line: YAML errors span several
-            raise ConfigError(f"--config {path}: not valid YAML ({exc.__class__.__name__}: {detail})") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"--config {path}: expected a mapping of field: value, got {type(data).__name__}")
+        data = read_yaml_mapping(path, "--config") or {}
         self._yaml_defaults = set()
         for name, value in (data.pop("env", None) or {}).items():
             os.environ[str(name)] = str(value)
@@ -119,6 +122,32 @@ class HFTrainParser(HfArgumentParser):
         flag = flag.split("=", 1)[0]
         close = difflib.get_close_matches(flag, list(self._option_string_actions), n=3)
         return f" (did you mean {', '.join(c.lstrip('-') for c in close)}?)" if close else ""
+
+
+def read_yaml_mapping(path: str, flag: str) -> Optional[dict]:
+    """The mapping in the YAML file `path` (None when empty); a `ConfigError` naming `flag` and the file when it is
+    missing, a directory, unreadable, not UTF-8, not YAML, or not a mapping."""
+    if os.path.isdir(path):
+        raise ConfigError(f"{flag} {path}: is a directory; expected a YAML file")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{flag}: no such file: {path}")
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot be read ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{flag} {path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); save the file as UTF-8"
+        ) from exc
+    except yaml.YAMLError as exc:
+        detail = " ".join(str(exc).split())  # one line: YAML errors span several
+        raise ConfigError(f"{flag} {path}: not valid YAML ({exc.__class__.__name__}: {detail})") from exc
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{flag} {path}: expected a mapping of field: value, got {type(data).__name__}")
+    return data
 
 
 def _declared_type(dtype: type, name: str) -> str:
