@@ -24,7 +24,7 @@ from .machine import accelerator_visible, cuda_usable, world_size_from_env
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["check_feature_settings", "check_launch_environment", "global_batch", "resolve_arguments"]
+__all__ = ["check_feature_settings", "check_launch_environment", "global_batch", "launch_main", "resolve_arguments"]
 
 
 def global_batch(args: Any, world_size: Optional[int] = None) -> int:
@@ -52,7 +52,7 @@ def resolve_arguments(args: Any, explicit: Optional[frozenset] = None) -> Any:
         # group when `use_cpu` is set; otherwise each process silently trains alone.
         changes["use_cpu"] = True
     view = dataclasses.replace(args, **changes) if changes else args
-    preset, report = preset_changes(view, explicit)
+    preset, report = _without_packing_under_curriculum(args, *preset_changes(view, explicit))
     changes.update(preset)
     changes.update(_early_stopping_changes(args))
     changes.update(_global_batch_changes(args))
@@ -64,9 +64,24 @@ def resolve_arguments(args: Any, explicit: Optional[frozenset] = None) -> Any:
     return resolved
 
 
+def _without_packing_under_curriculum(args: Any, preset: dict, report: list) -> tuple[dict, list]:
+    """A preset's packing would merge the rows a curriculum orders (the curriculum refuses packing): with a
+    curriculum on, the preset leaves packing off and says why, instead of making the run fail."""
+    if not preset.get("packing") or not args.curriculum_on():
+        return preset, report
+    preset = {k: v for k, v in preset.items() if k != "packing"}
+    reason = f"refused (curriculum={args.curriculum} orders rows; packing would merge them)"
+    report = [line.replace("packing=True", reason) if "packing=True" in line else line for line in report]
+    return preset, report
+
+
 def check_feature_settings(args: Any) -> None:
-    """The checks of hftrain's fields that need a feature's registry or an import (metric names, scorers)."""
+    """The checks of hftrain's fields that need a feature's registry or an import (metric names, scorers,
+    `report_to` integrations)."""
     from .metrics import check_metric_names, parse_sections
+    from .preflight import check_report_to
+
+    check_report_to(args)
 
     check_metric_names(metric_names(args.eval_metrics))
     if args.eval_sections:
@@ -141,3 +156,94 @@ def _global_batch_changes(args: Any) -> dict[str, Any]:
         )
     logger.info(f"global batch {target} = {per_device} per device x {accumulation} accumulation x {world} process(es)")
     return {"gradient_accumulation_steps": accumulation} if accumulation != args.gradient_accumulation_steps else {}
+
+
+# -- `python -m hftrain.launch`: accelerate launch, ending a bad input in the recipe's one line -------------------------
+# `accelerate launch` checks its config (DeepSpeed's package) in its own process and reports a failed child with a
+# traceback of its own (CalledProcessError, or torch elastic's ChildFailedError report) after the recipe's `error:`
+# line. This entry takes the same flags, checks the config first and ends a recipe's user error (exit status 2) with
+# that line alone; a child that crashed still gets the launcher's full report.
+def check_accelerate_config(launch_args: Any) -> None:
+    """Refuse an accelerate config this machine cannot run: DeepSpeed without its package or a GPU, or a
+    GPU-only config (multi-GPU, FSDP, DeepSpeed) without a CUDA GPU."""
+    from accelerate.commands.config.config_args import default_config_file, load_config_from_file
+    from accelerate.utils import DistributedType
+
+    path = launch_args.config_file
+    config = None
+    if path is not None or os.path.isfile(default_config_file):
+        try:
+            config = load_config_from_file(path)
+        except (OSError, ValueError, TypeError) as exc:
+            raise ConfigError(f"--config_file {path}: not an accelerate config ({_first_line(exc)})") from exc
+    kind = getattr(config, "distributed_type", None)
+    deepspeed = launch_args.use_deepspeed or kind == DistributedType.DEEPSPEED
+    cpu = launch_args.cpu or bool(getattr(config, "use_cpu", False))
+    gpu_only = deepspeed or launch_args.use_fsdp or kind in (DistributedType.FSDP, DistributedType.MULTI_GPU)
+    if deepspeed and importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError(
+            f"accelerate config {path}: DeepSpeed was requested but the deepspeed package is not installed; "
+            "pip install deepspeed, or use accelerate_configs/multi_gpu.yaml or fsdp.yaml"
+        )
+    if gpu_only and not cpu and not cuda_usable():
+        raise ConfigError(
+            f"accelerate config {path}: {getattr(kind, 'value', kind) or 'a multi-GPU launch'} needs CUDA GPUs and "
+            "this machine has none; use --config_file accelerate_configs/cpu_ddp.yaml (two CPU processes) or run "
+            "the recipe with python for one process"
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def _child_status(exc: BaseException) -> Optional[int]:
+    """The exit status of the launched process that failed first (accelerate's CalledProcessError or torch
+    elastic's ChildFailedError), or None for any other exception."""
+    import subprocess
+
+    if isinstance(exc, subprocess.CalledProcessError):
+        return exc.returncode
+    first = getattr(exc, "get_first_failure", None)
+    return first()[1].exitcode if callable(first) else None
+
+
+def _quiet_elastic_logs(std_logging) -> None:
+    """torch elastic logs each worker it stops and the one that failed (each logger with its own level); after a
+    user error those lines only repeat the recipe's line, and a crash still gets ChildFailedError's full report."""
+    import torch.distributed.run  # noqa: F401  (creates the loggers)
+
+    for name in list(std_logging.root.manager.loggerDict):
+        if name.startswith("torch.distributed.elastic"):
+            std_logging.getLogger(name).setLevel(std_logging.CRITICAL)
+
+
+def launch_main(argv: Optional[list[str]] = None) -> int:
+    """`python -m hftrain.launch [accelerate launch flags] recipe.py [recipe flags]`; returns the exit status."""
+    import logging as std_logging
+
+    from accelerate.commands.launch import launch_command, launch_command_parser
+
+    from .errors import USER_ERROR_STATUS, HFTrainError, report_user_error
+
+    launch_args = launch_command_parser().parse_args(argv)
+    try:
+        check_accelerate_config(launch_args)
+    except HFTrainError as exc:
+        return report_user_error(exc)
+    _quiet_elastic_logs(std_logging)
+    try:
+        launch_command(launch_args)
+    except Exception as exc:  # noqa: BLE001 - only the launcher's report of a failed child is answered here
+        status = _child_status(exc)
+        if status == USER_ERROR_STATUS or (status and not hasattr(exc, "get_first_failure")):
+            return status  # the recipe printed its `error:` line (or its traceback) already
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(launch_main())

@@ -15,7 +15,7 @@ from .callbacks import build_callbacks
 from .config import hftrain_settings
 from .host import host_of
 from .launch import resolve_arguments
-from .validation import check_training_data
+from .validation import check_trainer_datasets, check_training_data
 
 __all__ = ["HFTrainMixin", "Trainer", "Seq2SeqTrainer"]
 
@@ -25,10 +25,12 @@ class HFTrainMixin:
 
     def __init__(self, *args, **kwargs):
         bound = inspect.signature(super().__init__).bind_partial(*args, **kwargs).arguments
-        if bound.get("args") is not None:
+        resolved = bound.get("args")
+        if resolved is not None:
             resolved = resolve_arguments(bound["args"])
             if resolved is not bound["args"]:
                 args, kwargs = _replace_argument(super().__init__, args, kwargs, "args", resolved)
+        _preflight(type(self), resolved, bound)  # before the parent prepares (tokenises) any data
         raw_eval_dataset = bound.get("eval_dataset")  # before TRL tokenises it
         super().__init__(*args, **kwargs)
         check_training_data(self.train_dataset, self.eval_dataset)
@@ -70,6 +72,16 @@ class HFTrainMixin:
         if getattr(self, "_hftrain_evaluator", None) is not None:
             self._hftrain_evaluator.add_metrics(self, logs)
         return super().log(logs, *args, **kwargs)
+
+
+def _preflight(cls: type, args, bound: dict) -> None:
+    """What the parent finds out only deep inside its data preparation or at its first save: the columns and row
+    values a TRL trainer reads (in the recipes' words), and an output_dir that cannot take a checkpoint."""
+    from .preflight import check_output_dir
+
+    if bound.get("formatting_func") is None:
+        check_trainer_datasets(cls, args, bound.get("train_dataset"), bound.get("eval_dataset"))
+    check_output_dir(args, bound.get("model"))
 
 
 def _replace_argument(init, args: tuple, kwargs: dict, name: str, value) -> tuple[tuple, dict]:
