@@ -4,11 +4,14 @@ to resume from, and report. Each function fails with one clear `HFTrainError` li
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from typing import Callable, Optional, Sequence
+import time
+from typing import Callable, Iterator, Mapping, Optional, Sequence
 
-from .errors import DataError, HFTrainError, ModelLoadError, exit_on_user_error
+from .errors import DataError, HFTrainError, ModelLoadError, report_user_error
+from .validation import SFT_ROWS
 
 __all__ = [
     "run_main",
@@ -26,16 +29,25 @@ __all__ = [
     "apply_peft",
     "finish_run",
     "push_if_asked",
+    "untracked",
 ]
 
-SFT_FORMATS = (("messages",), ("conversations",), ("prompt", "completion"), ("text",))
+SFT_FORMATS = tuple(tuple(columns) for columns in SFT_ROWS)
+PEER_GRACE_SECONDS = 5.0
 
 
 def run_main(main: Callable[[Optional[list[str]]], object]) -> None:
     """Run a recipe's `main()`; an `HFTrainError` becomes one line on stderr and exit status 2, not a traceback.
-    After a successful run the process group is destroyed, so no process exits with it still alive."""
-    with exit_on_user_error():
+    After a successful run the process group is destroyed, so no process exits with it still alive.
+
+    Under a multi-process launch every rank meets the same bad input: rank 0 prints the line at once, the others
+    wait a moment first, so the launcher (which stops the other ranks when one fails) usually leaves one line."""
+    try:
         main(None)
+    except HFTrainError as exc:
+        if not is_main_process():
+            time.sleep(PEER_GRACE_SECONDS)  # an error only this rank met is still printed, after the grace
+        sys.exit(report_user_error(exc))
     end_distributed()
 
 
@@ -55,13 +67,15 @@ def is_main_process() -> bool:
 
 
 # -- data ----------------------------------------------------------------------------------------------------
-def load_dataset_splits(script_args, bundled: Callable[[], tuple], seed: int = 42):
+def load_dataset_splits(script_args, bundled: Callable[[], tuple], seed: int = 42, formats: Sequence[Mapping] = ()):
     """(train, eval) datasets: the bundled default when `dataset_name` is empty, else a Hub id, a directory or a
-    data file. Without a test split, `eval_holdout` of train is held out."""
+    data file. Without a test split, `eval_holdout` of train is held out. `formats`: the column groups the recipe
+    can train on, each column with its kind (`hftrain.validation`); a named dataset must have one of them, and
+    every row's values are checked (the first bad row is named) before anything is split or tokenised."""
     if not script_args.dataset_name:
         train, evaluation = bundled()
     else:
-        splits = _load_named_dataset(script_args)
+        splits = _load_named_dataset(script_args, formats)
         train_split, test_split = script_args.dataset_train_split, script_args.dataset_test_split
         if train_split not in splits:
             raise DataError(
@@ -69,8 +83,10 @@ def load_dataset_splits(script_args, bundled: Callable[[], tuple], seed: int = 4
                 f"(it has: {', '.join(splits)})"
             )
         train = splits[train_split]
+        _check_split_rows(script_args, train, "dataset_name", formats)
         if test_split in splits:
             evaluation = splits[test_split]
+            _check_split_rows(script_args, evaluation, "dataset_test_split", formats)
         elif script_args.eval_holdout > 0:
             parts = train.train_test_split(test_size=script_args.eval_holdout, seed=seed)
             train, evaluation = parts["train"], parts["test"]
@@ -87,7 +103,47 @@ def load_dataset_splits(script_args, bundled: Callable[[], tuple], seed: int = 4
     return train, evaluation
 
 
-def _load_named_dataset(script_args):
+def _check_split_rows(script_args, split, what: str, formats: Sequence[Mapping]) -> None:
+    """Columns and row values of a loaded split. Local JSON files were checked line by line before loading
+    (`datasets` turns a column of mixed types into JSON values, so their types are only right in the file)."""
+    from .validation import check_rows, columns_error, pick_format
+
+    if not formats:
+        return
+    kinds = pick_format(split.column_names, formats)
+    if kinds is None:
+        raise columns_error(what, formats, split.column_names)
+    if not _is_local_json(script_args.dataset_name):
+        check_rows(split, kinds, what)
+
+
+def _is_local_json(name: str) -> bool:
+    if os.path.isfile(name):
+        return name.lower().endswith((".json", ".jsonl"))
+    return os.path.isdir(name) and not any(
+        os.path.exists(os.path.join(name, f)) for f in ("dataset_dict.json", "dataset_info.json")
+    )
+
+
+def _load_named_dataset(script_args, formats: Sequence[Mapping] = ()):
+    import datasets
+
+    from .validation import check_data_path
+
+    name = script_args.dataset_name
+    if os.path.exists(name):
+        check_data_path(name, formats)  # empty, not UTF-8, a bad JSON line, a wrong value: named before loading
+        return _load_local_dataset(script_args)
+    try:
+        return datasets.load_dataset(name, script_args.dataset_config)
+    except Exception as exc:  # datasets raises many types (ConnectionError, FileNotFoundError, DatasetNotFoundError)
+        raise DataError(
+            f"dataset_name: could not load {name!r}: it is not a local file or directory, and the Hub could not "
+            f"provide it ({_first_line(exc)}){_offline_hint()}"
+        ) from exc
+
+
+def _load_local_dataset(script_args):
     import datasets
 
     name = script_args.dataset_name
@@ -109,11 +165,10 @@ def _load_named_dataset(script_args):
         return datasets.load_dataset(name, script_args.dataset_config)
     except HFTrainError:
         raise
-    except Exception as exc:  # datasets raises many types (ConnectionError, FileNotFoundError, DatasetNotFoundError)
-        raise DataError(
-            f"dataset_name: could not load {name!r}: it is not a local file or directory, and the Hub could not "
-            f"provide it ({_first_line(exc)}){_offline_hint()}"
-        ) from exc
+    except Exception as exc:  # a local path datasets cannot read: say what it said, not "not found"
+        cause = exc.__cause__ or exc.__context__ or exc
+        detail = _first_line(cause if type(exc).__name__ == "DatasetGenerationError" else exc)
+        raise DataError(f"dataset_name: {name} exists but could not be read as a dataset ({detail})") from exc
 
 
 def require_columns(dataset, alternatives: Sequence[Sequence[str]], what: str) -> tuple[str, ...]:
@@ -170,13 +225,15 @@ def load_causal_lm(model_args, tokenizer, build_default: Optional[Callable] = No
 
     from .builtin import build_tiny_causal_lm
 
+    _check_attention(model_args)
     if not model_args.model_name_or_path:
         if build_default is not None:
-            return build_default(tokenizer)
+            return _with_attention(build_default(tokenizer), model_args)
         heads = max(1, model_args.tiny_hidden_size // 32)
-        return build_tiny_causal_lm(
+        model = build_tiny_causal_lm(
             tokenizer, hidden_size=model_args.tiny_hidden_size, num_layers=model_args.tiny_num_layers, num_heads=heads
         )
+        return _with_attention(model, model_args)
     kwargs = {"revision": model_args.model_revision, "trust_remote_code": model_args.trust_remote_code}
     if model_args.dtype:
         kwargs["dtype"] = model_args.dtype
@@ -189,7 +246,29 @@ def load_causal_lm(model_args, tokenizer, build_default: Optional[Callable] = No
         raise _model_error(model_args.model_name_or_path, exc) from exc
 
 
+def _check_attention(model_args) -> None:
+    from .machine import cuda_usable
+    from .preflight import check_attn_implementation
+
+    check_attn_implementation(getattr(model_args, "attn_implementation", None), cuda_usable())
+
+
+def _with_attention(model, model_args):
+    """The embedded model with the `attn_implementation` asked for (loading from the Hub passes it to
+    `from_pretrained`; a model built in code would otherwise silently keep its default)."""
+    name = getattr(model_args, "attn_implementation", None)
+    if name and getattr(model.config, "_attn_implementation", None) != name:
+        try:
+            model.set_attn_implementation(name)
+        except (ValueError, ImportError) as exc:
+            raise ModelLoadError(f"attn_implementation: {name!r} cannot be used here ({_first_line(exc)})") from exc
+    return model
+
+
 def _model_error(name: str, exc: Exception) -> ModelLoadError:
+    if os.path.isdir(name):  # a local folder: say what went wrong with it, not that it was not found
+        what = "" if os.path.isfile(os.path.join(name, "config.json")) else " (it has no config.json)"
+        return ModelLoadError(f"model_name_or_path: could not load the model in {name}{what}: {_first_line(exc)}")
     return ModelLoadError(
         f"model_name_or_path: could not load {name!r}: not a local directory with a model, and the Hub could not "
         f"provide it ({_first_line(exc)}){_offline_hint()}"
@@ -210,18 +289,45 @@ def _first_line(exc: Exception) -> str:
 # -- resume --------------------------------------------------------------------------------------------------
 def find_resume_checkpoint(training_args, model=None) -> Optional[str]:
     """The checkpoint to resume from (`hftrain.checkpoints.resume_checkpoint`): `resume_from_checkpoint` when set
-    (it must be complete), else the newest complete `checkpoint-N` in `output_dir` when `auto_resume` is on, else
-    None. Pass the model so a checkpoint of another shape is refused before any work."""
+    (it must be complete), else the newest complete `checkpoint-N` in `output_dir` when `auto_resume` is on (and
+    `overwrite_output_dir` off), else None. Then the pre-flight (`hftrain.preflight.check_run`): `output_dir`
+    writable with room for a checkpoint of `model`, and no previous run's results replaced unasked. Pass the model
+    so a checkpoint of another shape is refused before any work."""
     from .checkpoints import resume_checkpoint
+    from .preflight import check_run
 
-    return resume_checkpoint(training_args, model, training_args.resume_from_checkpoint)
+    requested = training_args.resume_from_checkpoint
+    policy = training_args
+    if getattr(training_args, "overwrite_output_dir", False) and not requested:
+        policy = _StartingOver(training_args)  # overwrite_output_dir: resume nothing
+    checkpoint = resume_checkpoint(policy, model, requested)
+    check_run(training_args, model, checkpoint)
+    return checkpoint
+
+
+class _StartingOver:
+    """The arguments as the resume policy should read them when the user asked to start over."""
+
+    auto_resume = False
+
+    def __init__(self, args):
+        self._args = args
+
+    def __getattr__(self, name: str):
+        return getattr(self._args, name)
 
 
 def train_with_resume(trainer, checkpoint: Optional[str]):
     """Stage 5 of every transformers-based recipe: train, resuming from `checkpoint` when `find_resume_checkpoint`
-    found one (said on rank 0), and record the train metrics (log and `train_results.json`)."""
+    found one (said on rank 0), and record the train metrics (log and `train_results.json`). Starting over with
+    `overwrite_output_dir`, the previous run's checkpoints are removed first (`preflight.clear_previous_checkpoints`)."""
+    from .preflight import clear_previous_checkpoints
+
     if checkpoint and is_main_process():
         print(f"[hftrain] resuming from {checkpoint}")
+    if not checkpoint and trainer.is_world_process_zero():
+        for folder in clear_previous_checkpoints(trainer.args):
+            print(f"[hftrain] overwrite_output_dir: removed the previous run's {folder}")
     result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
@@ -269,11 +375,10 @@ def parse_recipe_args(argv: Optional[list[str]], dataclass_types: Sequence, defa
     from .peft_utils import check_model_arguments
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not any(a == "--config" or a.startswith("--config=") for a in argv):
-        argv = ["--config", default_config, *argv]
     check_launch_environment()  # before parsing: transformers' classes import deepspeed under a DeepSpeed launch
     parser = HFTrainParser(tuple(dataclass_types))
-    parsed = parser.parse_args_and_config(argv)
+    # the bundled config's values are the recipe's defaults, not fields the user named: a preset may change them
+    parsed = parser.parse_args_and_config(argv, base_config=default_config)
     for value in parsed:
         if isinstance(value, ModelArguments):
             check_model_arguments(value)  # k-bit loading needs a CUDA GPU: refused before anything loads
@@ -328,10 +433,12 @@ def load_seq2seq_lm(model_args, tokenizer):
 
     from .builtin import build_tiny_seq2seq
 
+    _check_attention(model_args)
     if not model_args.model_name_or_path:
-        return build_tiny_seq2seq(
+        model = build_tiny_seq2seq(
             tokenizer, d_model=min(64, model_args.tiny_hidden_size), num_layers=model_args.tiny_num_layers
         )
+        return _with_attention(model, model_args)
     kwargs = {
         "revision": model_args.model_revision,
         "trust_remote_code": model_args.trust_remote_code,
@@ -339,6 +446,8 @@ def load_seq2seq_lm(model_args, tokenizer):
     }
     if model_args.dtype:
         kwargs["dtype"] = model_args.dtype
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
     try:
         return AutoModelForSeq2SeqLM.from_pretrained(model_args.model_name_or_path, **kwargs)
     except Exception as exc:
@@ -417,6 +526,26 @@ def push_if_asked(output_dir: str, push_target: Optional[dict]) -> None:
         print(f"[hftrain] pushed to {url}")
     except HFTrainError as exc:
         print(f"[hftrain] error: {exc}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def untracked(trainer) -> Iterator[None]:
+    """Run something (an evaluation before training) without the tracker recording it as a run of its own: an
+    `evaluate()` outside `train()` is otherwise a finished 0-step run beside the real one."""
+    try:
+        from .tracking.callback import TrackerCallback
+    except ImportError:
+        yield
+        return
+    handler = trainer.callback_handler
+    trackers = [(i, cb) for i, cb in enumerate(handler.callbacks) if isinstance(cb, TrackerCallback)]
+    for _, tracker in trackers:
+        handler.callbacks.remove(tracker)
+    try:
+        yield
+    finally:
+        for index, tracker in trackers:
+            handler.callbacks.insert(index, tracker)
 
 
 def _print_run_record(trainer, history: Optional[str]) -> None:

@@ -41,11 +41,13 @@ from hftrain.recipe_utils import (
     run_main,
     start_run,
     train_with_resume,
+    untracked,
 )
+from hftrain.validation import PREFERENCE_ROWS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(HERE, "configs", "dpo_default.yaml")
-PREFERENCE_COLUMNS = (("prompt", "chosen", "rejected"), ("chosen", "rejected"))
+PREFERENCE_COLUMNS = tuple(tuple(columns) for columns in PREFERENCE_ROWS)
 
 
 @dataclass
@@ -70,6 +72,12 @@ def starting_model_path(model_args, dpo_args) -> Optional[str]:
     return path if has_weights and os.path.isfile(os.path.join(path, "config.json")) else None
 
 
+def preference_accuracy(metrics: dict) -> Optional[float]:
+    """TRL's preference accuracy from evaluation metrics. TRL logs it as `eval_rewards/accuracies` whatever
+    `metric_key_prefix` the evaluation had, so it is found by its suffix."""
+    return next((v for k, v in metrics.items() if k.endswith("rewards/accuracies")), None)
+
+
 def parse_args(argv: Optional[list[str]] = None):
     """The recipe's arguments (also what `hftrain tune` checks searched fields against); with no `--config`, the
     bundled default config is the base."""
@@ -87,6 +95,7 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
         script_args,
         bundled=lambda: preference_splits(script_args.bundled_train_size, script_args.bundled_eval_size, seed=0),
         seed=training_args.seed,
+        formats=PREFERENCE_ROWS,  # columns and every row's values, checked before anything is tokenised
     )
     columns = require_columns(train_dataset, PREFERENCE_COLUMNS, "dataset_name")
     if eval_dataset is not None:
@@ -120,9 +129,11 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
 
     # A baseline to compare with: how often the starting model already prefers the right answer.
     if eval_dataset is not None and checkpoint is None:
-        before = trainer.evaluate(metric_key_prefix="before")
-        if is_main_process() and "before_rewards/accuracies" in before:
-            print(f"[hftrain] held-out preference accuracy before training: {before['before_rewards/accuracies']:.1%}")
+        with untracked(trainer):  # not a run of its own in the tracker
+            before = trainer.evaluate(metric_key_prefix="before")
+        accuracy = preference_accuracy(before)
+        if is_main_process() and accuracy is not None:
+            print(f"[hftrain] held-out preference accuracy before training: {accuracy:.1%}")
 
     # 5. Train (resuming when a checkpoint exists).
     train_with_resume(trainer, checkpoint)
@@ -136,8 +147,9 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
         task="text-generation",
         push_target=push_target,
     )
-    if is_main_process() and "eval_rewards/accuracies" in metrics:
-        print(f"[hftrain] held-out preference accuracy after training: {metrics['eval_rewards/accuracies']:.1%}")
+    accuracy = preference_accuracy(metrics)
+    if is_main_process() and accuracy is not None:
+        print(f"[hftrain] held-out preference accuracy after training: {accuracy:.1%}")
     return trainer, metrics
 
 

@@ -45,6 +45,7 @@ from hftrain.recipe_utils import (
     start_run,
     train_with_resume,
 )
+from hftrain.validation import TEXT
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "pretrain_default.yaml")
 
@@ -113,7 +114,10 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
 
     # 2. Data: the standard library's docstrings, or any dataset with a text column.
     train_dataset, eval_dataset = load_dataset_splits(
-        script_args, bundled=stdlib_docstring_splits, seed=training_args.seed
+        script_args,
+        bundled=stdlib_docstring_splits,
+        seed=training_args.seed,
+        formats=[{pretrain_args.text_column: TEXT}],  # every row a string: no nulls, no numbers
     )
     require_columns(train_dataset, [(pretrain_args.text_column,)], "text_column")
 

@@ -42,6 +42,7 @@ from hftrain.recipe_utils import (
     start_run,
     train_with_resume,
 )
+from hftrain.validation import SCALAR
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "seq2seq_default.yaml")
 
@@ -110,6 +111,7 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
         script_args,
         bundled=lambda: number_spelling_splits(script_args.bundled_train_size, script_args.bundled_eval_size, seed=0),
         seed=training_args.seed,
+        formats=[{data_args.source_column: SCALAR, data_args.target_column: SCALAR}],  # no nulls, no lists
     )
     columns = [(data_args.source_column, data_args.target_column)]
     require_columns(train_dataset, columns, "source_column/target_column")

@@ -40,6 +40,7 @@ from hftrain.recipe_utils import (
     start_run,
     train_with_resume,
 )
+from hftrain.validation import SFT_ROWS
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "sft_default.yaml")
 
@@ -73,6 +74,7 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
         script_args,
         bundled=lambda: arithmetic_splits(script_args.bundled_train_size, script_args.bundled_eval_size, seed=0),
         seed=training_args.seed,
+        formats=SFT_ROWS,  # columns and every row's values, checked before anything is tokenised
     )
     columns = require_columns(train_dataset, SFT_FORMATS, "dataset_name")
     if eval_dataset is not None:

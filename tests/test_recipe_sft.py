@@ -91,7 +91,11 @@ def test_auto_resume_off_starts_from_scratch(sft_main, tmp_path, capsys):
     out = tmp_path / "run"
     sft_main(["--output_dir", str(out), "--max_steps", "4", *TINY])
     capsys.readouterr()
-    sft_main(["--output_dir", str(out), "--max_steps", "4", "--auto_resume", "false", *TINY])
+    # a previous run's results are never replaced unasked: --auto_resume false alone is refused there ...
+    with pytest.raises(ConfigError, match="holds a previous run's results.*--overwrite_output_dir"):
+        sft_main(["--output_dir", str(out), "--max_steps", "4", "--auto_resume", "false", *TINY])
+    # ... and with --overwrite_output_dir the run starts from scratch
+    sft_main(["--output_dir", str(out), "--max_steps", "4", "--overwrite_output_dir", "true", *TINY])
     assert "resuming" not in capsys.readouterr().out
 
 
