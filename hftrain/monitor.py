@@ -12,8 +12,9 @@ every step instead, in one sync.
 Because both are known before the update, `skip`, `stop` and `rollback` keep a bad update out of the weights at any
 `logging_steps`. A NaN/Inf loss always gives a NaN/Inf gradient, so it is caught here even where transformers'
 `logging_nan_inf_filter` hides it from the logs. Per log, the monitor checks for a zero learning rate after warmup and
-a loss that has not moved; per evaluation, for overfitting. It draws no random numbers and changes nothing while
-nothing is wrong.
+a loss that has not moved; per evaluation, for overfitting and for reward hacking (RL trainers: the training reward
+rises while the task metric, measured independently of the reward, falls; or the reward saturates while the task
+metric stays low). It draws no random numbers and changes nothing while nothing is wrong.
 
 Actions: `warn`; `skip` (the step's gradients are dropped, so the optimizer leaves those weights and their Adam
 moments untouched; the LR scheduler still advances, the step counts); `stop` (the bad update is not applied, a
@@ -153,17 +154,22 @@ class MonitorCallback(TrainerCallback):
         self._train_losses_since_eval: list[float] = []
         self._last_train_loss: Optional[float] = None
         self._evals: list[tuple[float, float]] = []
+        self._rewards_since_eval: list[float] = []
+        self._reward_evals: list[tuple[int, float, float]] = []  # (step, mean train reward, task metric)
+        self._training = False
         self._pending: list[tuple] = []  # (step, loss, grad_norm) on the device, read at the next flush
         self._deferred: Optional[bool] = None  # decided at the first step (needs the optimizer)
         self._found_inf_set = False
 
     # -- wiring --------------------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
+        self._training = True
         attach = getattr(self.host, "attach", None)  # the Trainer adapter starts seeing the gradient norm
         if attach is not None:
             attach()
 
     def on_train_end(self, args, state, control, **kwargs):
+        self._training = False
         self._flush(args, state)
         detach = getattr(self.host, "detach", None)
         if detach is not None:
@@ -365,6 +371,7 @@ class MonitorCallback(TrainerCallback):
     # -- per log -------------------------------------------------------------------------------------------------
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
+        self._note_reward(logs)
         if "loss" not in logs:
             return
         loss = logs["loss"]
@@ -417,7 +424,10 @@ class MonitorCallback(TrainerCallback):
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         metrics = metrics or {}
         step = state.global_step
-        if self._early_stopping_fired() and "early_stop" not in self._active:
+        # Only while training, and before the last step: an evaluation after train() (a recipe's final one) can
+        # advance EarlyStoppingCallback's counter, but a run that reached max_steps was not stopped early.
+        training = self._training and state.global_step < state.max_steps
+        if training and self._early_stopping_fired() and "early_stop" not in self._active:
             # transformers' EarlyStoppingCallback (added before this one) just decided to stop: save and report.
             self._active.add("early_stop")
             control.should_save = True
@@ -429,6 +439,7 @@ class MonitorCallback(TrainerCallback):
                 step=step,
                 metrics={k: v for k, v in metrics.items() if isinstance(v, float)},
             )
+        self._check_reward_hacking(args, state, control, metrics)
         eval_loss = metrics.get("eval_loss")
         if eval_loss is None:
             return
@@ -484,6 +495,96 @@ class MonitorCallback(TrainerCallback):
             )
             if self.s.overfit_action == "stop" and not self.stopped:
                 self._stop(control, state, kind)
+
+    # -- reward hacking (GRPO, RLOO: a reward in the train logs, a task metric in the eval logs) -------------------
+    def _note_reward(self, logs: dict) -> None:
+        value = logs.get(self.s.monitor_reward_key)
+        train_log = not any(key.startswith("eval_") for key in logs)
+        if train_log and isinstance(value, (int, float)) and math.isfinite(value):
+            self._rewards_since_eval.append(float(value))
+
+    def _task_metric(self, args, metrics: dict) -> Optional[str]:
+        """The eval key of the task metric: `monitor_task_metric`, else a higher-is-better `metric_for_best_model`
+        that is not a reward, else the first generation metric logged."""
+        named = self.s.monitor_task_metric
+        best = getattr(args, "metric_for_best_model", None)
+        if not named and best and "reward" not in best and getattr(args, "greater_is_better", None) is not False:
+            named = best
+        if named:
+            key = named if named.startswith("eval_") else f"eval_{named}"
+            return key if isinstance(metrics.get(key), (int, float)) else None
+        candidates = ("eval_exact_match", "eval_numeric_match", "eval_chrf", "eval_rougeL", "eval_bleu")
+        return next((k for k in candidates if isinstance(metrics.get(k), (int, float))), None)
+
+    def _check_reward_hacking(self, args, state, control, metrics: dict) -> None:
+        key = self._task_metric(args, metrics) if self.s.monitor_reward_hacking_evals else None
+        if key is None or not self._rewards_since_eval:
+            return  # no task metric, or no training reward since the last evaluation (e.g. eval_on_start)
+        reward = sum(self._rewards_since_eval) / len(self._rewards_since_eval)
+        self._rewards_since_eval = []
+        self._reward_evals.append((state.global_step, reward, float(metrics[key])))
+        message = self._reward_hacking_finding(key)
+        if message is None:
+            self._active.discard("reward_hacking")
+            return
+        if "reward_hacking" in self._active:
+            return
+        self._active.add("reward_hacking")
+        action = self.s.monitor_reward_hacking_action
+        values = {self.s.monitor_reward_key: reward, key: float(metrics[key])}
+        self.notifier.notify(
+            "anomaly", "reward_hacking", f"{message}; action: {action}", step=state.global_step, metrics=values
+        )
+        if action == "rollback":
+            action = self._roll_back_reward_hacking(args, state, values)
+        if action == "stop" and not self.stopped:
+            self._stop(control, state, "reward_hacking")
+
+    def _reward_hacking_finding(self, key: str) -> Optional[str]:
+        """What is wrong over the last `monitor_reward_hacking_evals` evaluations, or None."""
+        s, n = self.s, self.s.monitor_reward_hacking_evals
+        recent = self._reward_evals[-(n + 1) :]
+        if len(recent) < n + 1:
+            return None
+        (_, reward0, task0), (_, reward1, task1) = recent[0], recent[-1]
+        falling = all(b[2] < a[2] for a, b in zip(recent, recent[1:]))
+        if falling and reward1 > reward0 and task0 - task1 >= s.monitor_reward_hacking_min_drop * abs(task0):
+            return (
+                f"the training reward rose ({reward0:.4g} -> {reward1:.4g}) while {key} fell for {n} evaluations "
+                f"({task0:.4g} -> {task1:.4g}): a reward function is being gamed"
+            )
+        last = recent[1:]
+        if s.monitor_reward_saturation is not None and all(
+            r >= s.monitor_reward_saturation and t < s.monitor_task_metric_floor for _, r, t in last
+        ):
+            return (
+                f"the training reward is saturated ({reward1:.4g} >= {s.monitor_reward_saturation:g}) while {key} "
+                f"stayed below {s.monitor_task_metric_floor:g} for {n} evaluations ({task1:.4g}): the reward does "
+                "not measure the task"
+            )
+        return None
+
+    def _roll_back_reward_hacking(self, args, state, values: dict) -> str:
+        """Reload the newest complete checkpoint from before the task metric began to fall; `stop` when there is
+        none or the rollbacks are used up, else `warn` (training goes on from the reloaded weights)."""
+        start = self._reward_evals[-(self.s.monitor_reward_hacking_evals + 1)][0]
+        checkpoint = last_valid_checkpoint(args.output_dir, max_step=start)
+        if checkpoint is None or self.rollbacks >= self.s.monitor_max_rollbacks:
+            return "stop"
+        self._rollback(checkpoint)
+        self.rollbacks += 1
+        self._reward_evals = []
+        self._active.discard("reward_hacking")
+        self.notifier.notify(
+            "action",
+            "rollback",
+            f"reloaded {os.path.basename(checkpoint)} after reward_hacking; learning rate "
+            f"x{self.s.monitor_rollback_lr_factor} (rollback {self.rollbacks}/{self.s.monitor_max_rollbacks})",
+            step=state.global_step,
+            metrics=values,
+            checkpoint=checkpoint,
+        )
+        return "warn"
 
     def _early_stopping_fired(self) -> bool:
         from transformers import EarlyStoppingCallback
