@@ -162,9 +162,14 @@ class TrackerCallback(TrainerCallback, ExportableState):
         self._logs_since_pack = 0
         saved_uuid = _saved_run_uuid(state) if state.global_step > 0 else None
         existing = store.run_by_uuid(saved_uuid) if saved_uuid else None
+        restart = existing is None and state.global_step == 0
+        if restart:
+            existing = _restartable_run(store, self.experiment, args, state)
         if existing is not None:
             self.run_id, self.run_uuid = existing["id"], existing["uuid"]
             store.resume_run(self.run_id, state.global_step)
+            if restart:  # the same run started over: its params are this start's
+                store.log_params(self.run_id, _params_and_config(args, state, model)[0])
             logger.info(f"hftrain tracker: resuming run {self.run_uuid} at step {state.global_step} ({self.db_path})")
         else:
             self._create_run(store, args, state, model)
@@ -181,22 +186,7 @@ class TrackerCallback(TrainerCallback, ExportableState):
         import uuid
 
         self.run_uuid = uuid.uuid4().hex
-        args_dict = args.to_dict()
-        config: dict[str, Any] = {"args": args_dict}
-        params = flatten(args_dict, "args")
-        model_config = getattr(model, "config", None)
-        if model_config is not None and hasattr(model_config, "to_dict"):
-            config["model"] = model_config.to_dict()
-            params.update(flatten(config["model"], "model"))
-        peft_config = getattr(model, "peft_config", None)
-        if isinstance(peft_config, dict) and peft_config:
-            config["peft"] = {name: cfg.to_dict() for name, cfg in peft_config.items()}
-            params.update(flatten(config["peft"], "peft"))
-        if model is not None and hasattr(model, "parameters"):
-            params["num_parameters"] = sum(p.numel() for p in model.parameters())
-            params["num_trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        if state.trial_params:
-            params.update(flatten(dict(state.trial_params), "trial"))
+        params, config = _params_and_config(args, state, model)
         tags = dict(self.tags)
         if state.trial_name:
             tags["trial"] = state.trial_name
@@ -389,6 +379,45 @@ class TrackerCallback(TrainerCallback, ExportableState):
         sampler, self._sampler = self._sampler, None
         if sampler is not None:
             sampler.stop(final)
+
+
+def _params_and_config(args, state, model) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A run's params (flat) and config (nested): the arguments, the model and PEFT configs, parameter counts and
+    hyperparameter-search trial params."""
+    args_dict = args.to_dict()
+    config: dict[str, Any] = {"args": args_dict}
+    params = flatten(args_dict, "args")
+    model_config = getattr(model, "config", None)
+    if model_config is not None and hasattr(model_config, "to_dict"):
+        config["model"] = model_config.to_dict()
+        params.update(flatten(config["model"], "model"))
+    peft_config = getattr(model, "peft_config", None)
+    if isinstance(peft_config, dict) and peft_config:
+        config["peft"] = {name: cfg.to_dict() for name, cfg in peft_config.items()}
+        params.update(flatten(config["peft"], "peft"))
+    if model is not None and hasattr(model, "parameters"):
+        params["num_parameters"] = sum(p.numel() for p in model.parameters())
+        params["num_trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if state.trial_params:
+        params.update(flatten(dict(state.trial_params), "trial"))
+    return params, config
+
+
+def _restartable_run(store: TrackerStore, experiment: str, args, state) -> Optional[dict[str, Any]]:
+    """The run a start from step 0 continues: the newest run of this experiment in the same output_dir, when it
+    ended killed, crashed or failed before writing any checkpoint. With nothing to resume from, the restarted
+    process is the same run started over, not a second run (a trial of a search always gets its own)."""
+    if state.trial_name or not getattr(args, "output_dir", None):
+        return None
+    output_dir = os.path.abspath(str(args.output_dir))
+    for run in store.runs(experiment=experiment):  # newest first
+        if run["output_dir"] != output_dir:
+            continue
+        if run["status"] not in ("killed", "crashed", "failed"):
+            return None
+        checkpoints = [a for a in store.artifacts(run["id"]) if a["kind"] == "checkpoint"]
+        return None if checkpoints else run
+    return None
 
 
 # The checkpoint keys its callback states by class name; a run recorded by hftrain's trainer and resumed through
