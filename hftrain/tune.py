@@ -232,16 +232,12 @@ def _check_pruner(value: Any) -> dict[str, Any]:
 
 def load_search_space(path: str) -> SearchSpec:
     """Read and validate a search-space YAML file."""
-    import yaml
+    from .config.parser import read_yaml_mapping
 
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise ConfigError(f"--search_space: no such file {path!r}")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--search_space {path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
-    return parse_search_space(data, f"--search_space {path}")
+    # a folder, unreadable, not UTF-8, not YAML: one line naming the file
+    return parse_search_space(read_yaml_mapping(path, "--search_space"), f"--search_space {path}")
 
 
 # -- Optuna objects ------------------------------------------------------------------------------------------------
@@ -536,8 +532,31 @@ def write_results(
 
 
 # -- command line ----------------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises a `ConfigError` (one `error:` line, exit 2) instead of printing usage, and never takes
+    a prefix of a flag for the flag (`--n_trial 3` is the recipe's unknown flag, not `--n_trials`)."""
+
+    def error(self, message: str):
+        raise ConfigError(f"hftrain tune: {message}")
+
+
+def _check_paths(storage: str, tune_dir: str) -> None:
+    """The study file and the trial folder must be creatable: said before any recipe is imported or trial runs."""
+    for flag, path, want in (("--storage", storage, "file"), ("--tune_dir", tune_dir, "folder")):
+        if want == "file" and os.path.isdir(path):
+            raise ConfigError(f"{flag} {path}: is a folder; expected a SQLite file path")
+        if want == "folder" and os.path.exists(path) and not os.path.isdir(path):
+            raise ConfigError(f"{flag} {path}: is a file; expected a folder (created when missing)")
+        parent = os.path.dirname(os.path.abspath(path))
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            raise ConfigError(f"{flag} {path}: cannot be created, {parent} is a file")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
+        allow_abbrev=False,
         prog="hftrain tune",
         description="Optuna hyperparameter search over a recipe; every other flag goes to the recipe.",
         epilog="Example: hftrain tune recipes/sft.py --search_space space.yaml --n_trials 20 --max_steps 200",
@@ -589,8 +608,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     """`hftrain tune`: run (or resume, or join) a study, then write the best config and importances."""
     parser = _parser()
-    args, recipe_argv = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     try:
+        args, recipe_argv = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
         if args.n_trials is not None and args.n_trials < 1:
             raise ConfigError(f"--n_trials: expected >= 1, got {args.n_trials}")
         if args.heartbeat_interval < 1:
@@ -614,6 +633,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             os.path.dirname(os.path.abspath(default_db_path())), "optuna_studies.db"
         )
         tune_dir = args.tune_dir or os.path.join("outputs", "tune", study_name)
+        _check_paths(storage, tune_dir)
         print(
             f"[hftrain] tune: study {study_name!r} in {storage}; {spec.method}, pruner {spec.pruner['type']}, "
             f"{spec.direction} {spec.metric}, {n_trials} trials"
