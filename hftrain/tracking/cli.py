@@ -309,11 +309,16 @@ def _cmd_compare(args) -> int:
 
 
 def _cmd_export(args) -> int:
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise TrackerError(f"--out {args.out}: is a file; expected a folder (created when missing)")
     with _store(args) as store:
         runs = _select(store, args)
         details = [store.run_details(r["id"]) for r in runs]
         histories = {r["id"]: store.history(r["id"]) for r in runs}
-    os.makedirs(args.out, exist_ok=True)
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as exc:  # a parent that is a file, no permission, a read-only disk
+        raise TrackerError(f"--out {args.out}: cannot create the folder ({exc.strerror or exc})") from None
     written = []
     if args.format in ("json", "both"):
         for name, payload in (
@@ -366,13 +371,20 @@ def _export_runs_csv(path: str, details: list[dict[str, Any]]) -> str:
 def _cmd_report(args) -> int:
     if not 0.0 <= args.smooth < 1.0:
         raise TrackerError(f"--smooth: expected a value from 0 to 0.99, got {args.smooth}")
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if os.path.isdir(args.output) or not os.path.isdir(folder):  # said before the runs are read, not after
+        problem = "is a folder; expected an .html file path" if os.path.isdir(args.output) else "no such folder"
+        raise TrackerError(f"-o {args.output}: {problem}")
     with _store(args) as store:
         runs = _select(store, args)
         if not runs:
             raise TrackerError("report: no runs match; nothing to report")
         text = render_report(store, [r["id"] for r in runs], metrics=args.metric or None, smoothing=args.smooth)
-    with open(args.output, "w", encoding="utf-8") as handle:
-        handle.write(text)
+    try:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError as exc:  # no permission, a read-only or full disk
+        raise TrackerError(f"-o {args.output}: cannot write the report ({exc.strerror or exc})") from None
     print(f"wrote {args.output} ({len(runs)} runs)")
     return 0
 
