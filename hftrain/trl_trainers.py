@@ -1,4 +1,4 @@
-"""Drop-in TRL trainers: `SFTTrainer` and `DPOTrainer` with `HFTrainMixin`.
+"""Drop-in TRL trainers: TRL's six stable trainers with `HFTrainMixin`.
 
 Kept apart from `hftrain.trainers` because importing TRL takes seconds.
 """
@@ -9,7 +9,7 @@ import trl
 
 from .trainers import HFTrainMixin
 
-__all__ = ["SFTTrainer", "DPOTrainer"]
+__all__ = ["DPOTrainer", "GRPOTrainer", "KTOTrainer", "RLOOTrainer", "RewardTrainer", "SFTTrainer"]
 
 
 class SFTTrainer(HFTrainMixin, trl.SFTTrainer):
@@ -18,3 +18,19 @@ class SFTTrainer(HFTrainMixin, trl.SFTTrainer):
 
 class DPOTrainer(HFTrainMixin, trl.DPOTrainer):
     """`trl.DPOTrainer` with hftrain's callbacks. Same constructor, same training."""
+
+
+class GRPOTrainer(HFTrainMixin, trl.GRPOTrainer):
+    """`trl.GRPOTrainer` with hftrain's callbacks and task metrics from greedy completions. Same training."""
+
+
+class RLOOTrainer(HFTrainMixin, trl.RLOOTrainer):
+    """`trl.RLOOTrainer` with hftrain's callbacks and task metrics from greedy completions. Same training."""
+
+
+class KTOTrainer(HFTrainMixin, trl.KTOTrainer):
+    """`trl.KTOTrainer` with hftrain's callbacks. Same constructor, same training."""
+
+
+class RewardTrainer(HFTrainMixin, trl.RewardTrainer):
+    """`trl.RewardTrainer` with hftrain's callbacks. Same constructor, same training."""

@@ -19,6 +19,10 @@ PAIRS = {
     "Seq2SeqTrainingArguments": (transformers.Seq2SeqTrainingArguments, hftrain.Seq2SeqTrainingArguments),
     "SFTConfig": (trl.SFTConfig, hftrain.SFTConfig),
     "DPOConfig": (trl.DPOConfig, hftrain.DPOConfig),
+    "GRPOConfig": (trl.GRPOConfig, hftrain.GRPOConfig),
+    "RLOOConfig": (trl.RLOOConfig, hftrain.RLOOConfig),
+    "KTOConfig": (trl.KTOConfig, hftrain.KTOConfig),
+    "RewardConfig": (trl.RewardConfig, hftrain.RewardConfig),
     "DiffusionConfig": (transformers.TrainingArguments, hftrain.DiffusionConfig),
 }
 
@@ -43,8 +47,9 @@ def test_constructed_with_positional_arguments_as_upstream(name, tmp_path):
     parent, ours = PAIRS[name]
     out = str(tmp_path / "out")
     # output_dir, per_device_train_batch_size, num_train_epochs, max_steps: upstream's first four fields
-    args = ours(out, 3, 2.0, 5, use_cpu=True, report_to="none")
-    reference = parent(out, 3, 2.0, 5, use_cpu=True, report_to="none")
+    extra = {"num_generations": 3} if name in ("GRPOConfig", "RLOOConfig") else {}  # groups must fill the batch of 3
+    args = ours(out, 3, 2.0, 5, use_cpu=True, report_to="none", **extra)
+    reference = parent(out, 3, 2.0, 5, use_cpu=True, report_to="none", **extra)
     for field in ("output_dir", "per_device_train_batch_size", "num_train_epochs", "max_steps"):
         assert getattr(args, field) == getattr(reference, field), field
     assert args.auto_resume is True and args.tracker is True  # hftrain's fields keep their defaults

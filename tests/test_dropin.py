@@ -16,6 +16,7 @@ import hftrain
 from hftrain.builtin import (
     arithmetic_splits,
     build_tiny_causal_lm,
+    build_tiny_reward_model,
     build_tiny_seq2seq,
     build_tokenizer,
     number_spelling_splits,
@@ -118,6 +119,49 @@ def _train_dpo(trainer_cls, args_cls, tokenizer, tmp_path, tag):
     return trainer
 
 
+def digit_share(completions, **kwargs):
+    """A reward that varies between a random model's completions, so GRPO/RLOO advantages are not all zero."""
+    return [sum(ch.isdigit() for ch in c) / max(1, len(c)) for c in completions]
+
+
+def _prompts(size=64):
+    train, _ = arithmetic_splits(size, 8, seed=1)
+    return train.rename_column("completion", "answer")
+
+
+RL_COMMON = dict(TRL_COMMON, per_device_train_batch_size=8, num_generations=4, max_completion_length=4, beta=0.0)
+del RL_COMMON["max_length"]
+
+
+def _train_grpo(trainer_cls, args_cls, tokenizer, tmp_path, tag):
+    args = args_cls(output_dir=str(tmp_path / tag), **RL_COMMON)
+    # positional arguments in the parent's order: model, reward_funcs, args, train_dataset
+    trainer = trainer_cls(build_tiny_causal_lm(tokenizer, hidden_size=32), digit_share, args, _prompts(),
+                          processing_class=tokenizer)  # fmt: skip
+    trainer.train()
+    return trainer
+
+
+def _train_kto(trainer_cls, args_cls, tokenizer, tmp_path, tag):
+    train, _ = preference_splits(32, 8, seed=1)  # TRL unpairs it: 64 rows
+    model = build_tiny_causal_lm(tokenizer, hidden_size=32)
+    args = args_cls(output_dir=str(tmp_path / tag), **TRL_COMMON)
+    # positional arguments in the parent's order: model, ref_model, args
+    trainer = trainer_cls(model, copy.deepcopy(model), args, train_dataset=train, processing_class=tokenizer)
+    trainer.train()
+    return trainer
+
+
+def _train_reward(trainer_cls, args_cls, tokenizer, tmp_path, tag):
+    train, _ = preference_splits(64, 8, seed=1)
+    args = args_cls(output_dir=str(tmp_path / tag), **TRL_COMMON)
+    # positional arguments in the parent's order: model, args, data_collator, train_dataset
+    trainer = trainer_cls(build_tiny_reward_model(tokenizer, hidden_size=32), args, None, train,
+                          processing_class=tokenizer)  # fmt: skip
+    trainer.train()
+    return trainer
+
+
 CASES = {
     "Trainer": (
         _train_trainer,
@@ -135,6 +179,10 @@ CASES = {
     ),
     "SFTTrainer": (_train_sft, trl.SFTTrainer, hftrain.SFTTrainer, trl.SFTConfig, hftrain.SFTConfig),
     "DPOTrainer": (_train_dpo, trl.DPOTrainer, hftrain.DPOTrainer, trl.DPOConfig, hftrain.DPOConfig),
+    "GRPOTrainer": (_train_grpo, trl.GRPOTrainer, hftrain.GRPOTrainer, trl.GRPOConfig, hftrain.GRPOConfig),
+    "RLOOTrainer": (_train_grpo, trl.RLOOTrainer, hftrain.RLOOTrainer, trl.RLOOConfig, hftrain.RLOOConfig),
+    "KTOTrainer": (_train_kto, trl.KTOTrainer, hftrain.KTOTrainer, trl.KTOConfig, hftrain.KTOConfig),
+    "RewardTrainer": (_train_reward, trl.RewardTrainer, hftrain.RewardTrainer, trl.RewardConfig, hftrain.RewardConfig),
 }
 
 
@@ -170,4 +218,6 @@ def test_trl_configs_choose_bf16_by_hardware(tmp_path):
             trl.SFTConfig(output_dir=str(tmp_path))
     assert hftrain.SFTConfig(output_dir=str(tmp_path)).bf16 is supported
     assert hftrain.DPOConfig(output_dir=str(tmp_path)).bf16 is supported
+    for config in (hftrain.GRPOConfig, hftrain.RLOOConfig, hftrain.KTOConfig, hftrain.RewardConfig):
+        assert config(output_dir=str(tmp_path)).bf16 is supported, config.__name__
     assert hftrain.SFTConfig(output_dir=str(tmp_path), bf16=False).bf16 is False

@@ -4,12 +4,13 @@ Nothing here touches the network, so the recipes and tests run offline on any ma
 """
 
 from .data import arithmetic_splits, number_spelling_splits, preference_splits, spell_number
-from .models import build_tiny_causal_lm, build_tiny_seq2seq
+from .models import build_tiny_causal_lm, build_tiny_reward_model, build_tiny_seq2seq
 from .tokenizer import build_tokenizer
 
 __all__ = [
     "arithmetic_splits",
     "build_tiny_causal_lm",
+    "build_tiny_reward_model",
     "build_tiny_seq2seq",
     "build_tokenizer",
     "number_spelling_splits",

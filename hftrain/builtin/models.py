@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase, T5Config, T5ForConditionalGeneration
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+    PreTrainedTokenizerBase,
+    T5Config,
+    T5ForConditionalGeneration,
+)
 
 
 def _vocab_size(tokenizer: PreTrainedTokenizerBase) -> int:
     return ((len(tokenizer) + 7) // 8) * 8  # a multiple of 8 keeps matmuls aligned
 
 
-def build_tiny_causal_lm(
-    tokenizer: PreTrainedTokenizerBase,
-    hidden_size: int = 128,
-    num_layers: int = 2,
-    num_heads: int = 4,
-    seed: int = 0,
-) -> LlamaForCausalLM:
-    """A small Llama (about 0.5M parameters at the defaults) whose special-token ids match `tokenizer`."""
-    import torch
-
-    config = LlamaConfig(
+def _llama_config(
+    tokenizer: PreTrainedTokenizerBase, hidden_size: int, num_layers: int, num_heads: int
+) -> LlamaConfig:
+    return LlamaConfig(
         vocab_size=_vocab_size(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=hidden_size * 2,
@@ -32,12 +32,42 @@ def build_tiny_causal_lm(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
+
+
+def build_tiny_causal_lm(
+    tokenizer: PreTrainedTokenizerBase,
+    hidden_size: int = 128,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    seed: int = 0,
+) -> LlamaForCausalLM:
+    """A small Llama (about 0.5M parameters at the defaults) whose special-token ids match `tokenizer`."""
+    import torch
+
+    config = _llama_config(tokenizer, hidden_size, num_layers, num_heads)
     with torch.random.fork_rng():  # building a default model must not move the caller's RNG stream
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model
+
+
+def build_tiny_reward_model(
+    tokenizer: PreTrainedTokenizerBase,
+    hidden_size: int = 128,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    seed: int = 0,
+) -> LlamaForSequenceClassification:
+    """The same small Llama with a one-score head (`num_labels=1`), as TRL's `RewardTrainer` trains it."""
+    import torch
+
+    config = _llama_config(tokenizer, hidden_size, num_layers, num_heads)
+    config.num_labels = 1
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return LlamaForSequenceClassification(config)
 
 
 def build_tiny_seq2seq(

@@ -12,7 +12,7 @@ from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_availab
 
 from .groups import HFTrainArguments
 
-__all__ = ["DPOConfig", "SFTConfig"]
+__all__ = ["DPOConfig", "GRPOConfig", "KTOConfig", "RLOOConfig", "RewardConfig", "SFTConfig"]
 
 
 class _TRLConfigMixin:
@@ -35,3 +35,23 @@ class SFTConfig(_TRLConfigMixin, HFTrainArguments, trl.SFTConfig):
 @dataclass
 class DPOConfig(_TRLConfigMixin, HFTrainArguments, trl.DPOConfig):
     """`trl.DPOConfig` plus hftrain's fields (keyword-only). `bf16` defaults to True only where it can run."""
+
+
+@dataclass
+class GRPOConfig(_TRLConfigMixin, HFTrainArguments, trl.GRPOConfig):
+    """`trl.GRPOConfig` plus hftrain's fields (keyword-only). `bf16` defaults to True only where it can run."""
+
+
+@dataclass
+class RLOOConfig(_TRLConfigMixin, HFTrainArguments, trl.RLOOConfig):
+    """`trl.RLOOConfig` plus hftrain's fields (keyword-only). `bf16` defaults to True only where it can run."""
+
+
+@dataclass
+class KTOConfig(_TRLConfigMixin, HFTrainArguments, trl.KTOConfig):
+    """`trl.KTOConfig` plus hftrain's fields (keyword-only). `bf16` defaults to True only where it can run."""
+
+
+@dataclass
+class RewardConfig(_TRLConfigMixin, HFTrainArguments, trl.RewardConfig):
+    """`trl.RewardConfig` plus hftrain's fields (keyword-only). `bf16` defaults to True only where it can run."""
