@@ -43,7 +43,7 @@ class HFTrainParser(HfArgumentParser):
         for action in self._actions:
             # argparse %-formats help texts; a literal "10%" in one would crash `--help` (TypeError: %o format)
             if action.help:
-                action.help = re.sub(r"%(?![%(])", "%%", action.help)
+                action.help = re.sub(r"%%|%\(|%", lambda m: "%%" if m.group() == "%" else m.group(), action.help)
 
     def error(self, message: str):  # argparse calls this for every parse error
         raise ConfigError(message)
