@@ -1,4 +1,4 @@
-"""`hftrain runs ...`: list, show, compare, export, report and delete tracked runs.
+"""`hftrain runs ...`: list, show, compare, export, report, serve and delete tracked runs.
 
 `add_runs_parser` registers the subcommands on the top-level parser of `hftrain.cli`, `dispatch` runs the chosen
 one. Only the standard library and the tracker store: never transformers, TRL or torch, so it starts in a fraction of
@@ -48,7 +48,7 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
 
 def add_runs_parser(sub: argparse._SubParsersAction) -> None:
     """Register `runs` and its subcommands on `sub`, the subparsers of the top-level `hftrain` parser."""
-    runs = sub.add_parser("runs", help="list, show, compare, export, report and delete tracked runs")
+    runs = sub.add_parser("runs", help="list, show, compare, export, report, serve and delete tracked runs")
     runs.add_argument("--db", help="tracker database (default: $HFTRAIN_TRACKER_DB or ~/.cache/hftrain/runs.db)")
     runs.set_defaults(runs_parser=runs)
     rsub = runs.add_subparsers(dest="runs_command")
@@ -80,9 +80,25 @@ def add_runs_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("runs", nargs="*", help="runs to include (default: all that match the filters)")
     _add_filters(p)
     p.add_argument("-o", "--output", default="hftrain_report.html", help="HTML file to write")
-    p.add_argument("--smooth", type=float, default=0.0, help="initial EMA smoothing, 0 to 0.99 (raw data kept)")
+    p.add_argument(
+        "--smooth",
+        type=float,
+        default=0.6,
+        help="initial EMA smoothing of per-step training series, 0 to 0.99 (default 0.6; the raw curve stays drawn)",
+    )
     p.add_argument("--metric", action="append", default=[], help="only these metrics (repeatable)")
     p.set_defaults(handler=_cmd_report)
+
+    p = rsub.add_parser("serve", help="the report as a local web page that updates while runs train")
+    p.add_argument("runs", nargs="*", help="runs to show (default: the newest that match the filters, kept current)")
+    _add_filters(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8050, help="port (default 8050; 0 picks a free one)")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between the page's polls (default 2)")
+    p.add_argument("--smooth", type=float, default=0.6, help="initial EMA smoothing, 0 to 0.99 (default 0.6)")
+    p.add_argument("--metric", action="append", default=[], help="only these metrics (repeatable)")
+    p.add_argument("--open", action="store_true", help="open the page in the default browser")
+    p.set_defaults(handler=_cmd_serve)
 
     p = rsub.add_parser("gc", help="delete runs (named, or matching filters) and vacuum the database")
     p.add_argument("runs", nargs="*", help="runs to delete")
@@ -386,6 +402,65 @@ def _cmd_report(args) -> int:
     except OSError as exc:  # no permission, a read-only or full disk
         raise TrackerError(f"-o {args.output}: cannot write the report ({exc.strerror or exc})") from None
     print(f"wrote {args.output} ({len(runs)} runs)")
+    return 0
+
+
+def _cmd_serve(args) -> int:
+    from .server import LiveReport, make_server  # http.server and plotly: only for this command
+
+    if not 0.0 <= args.smooth < 1.0:
+        raise TrackerError(f"--smooth: expected a value from 0 to 0.99, got {args.smooth}")
+    if args.interval <= 0:
+        raise TrackerError(f"--interval: expected seconds > 0, got {args.interval}")
+    if not args.runs and args.limit is None:
+        args.limit = 20  # a live page of every run ever recorded is rarely what anyone wants
+    with _store(args) as store:  # checks (and upgrades) the file once; the server itself only reads
+        fixed = [r["id"] for r in _select(store, args)] if args.runs else None
+        path = store.path
+    filters = _filters(args)
+    app = LiveReport(
+        path,
+        (lambda s: fixed) if fixed is not None else (lambda s: [r["id"] for r in s.runs(**filters)]),
+        metrics=args.metric or None,
+        smoothing=args.smooth,
+        interval=args.interval,
+    )
+    try:
+        server = make_server(app, args.host, args.port)
+    except OSError as exc:
+        app.close()
+        raise TrackerError(f"serve: cannot listen on {args.host}:{args.port} ({exc.strerror or exc})") from None
+    host, port = server.server_address[:2]
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+    print(f"serving {path} at {url} (read-only; Ctrl-C to stop)", flush=True)
+    if args.host not in ("127.0.0.1", "::1", "localhost"):
+        print(f"warning: bound to {args.host}: anyone who can reach this machine can read these runs", flush=True)
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(url)
+    return _serve_until_stopped(server, app)
+
+
+def _serve_until_stopped(server, app) -> int:
+    """Serve until Ctrl-C or SIGTERM, then close the socket and the database connection."""
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    # both set explicitly: a server started in the background of a script inherits SIGINT ignored
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        server.server_close()
+        app.close()
+    print("stopped", flush=True)
     return 0
 
 
