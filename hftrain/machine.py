@@ -5,10 +5,18 @@ Only `hftrain.launch` (and the presets it applies) call these, once per run; arg
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import Any, Optional
 
-__all__ = ["accelerator_visible", "bf16_unavailable_reason", "cuda_usable", "world_size_from_env"]
+__all__ = [
+    "accelerator_visible",
+    "bf16_unavailable_reason",
+    "cuda_capability",
+    "cuda_usable",
+    "package_installed",
+    "world_size_from_env",
+]
 
 
 def world_size_from_env() -> int:
@@ -21,6 +29,18 @@ def cuda_usable(args: Any = None) -> bool:
     import torch
 
     return torch.cuda.is_available() and not getattr(args, "use_cpu", False)
+
+
+def cuda_capability() -> Optional[tuple[int, int]]:
+    """The first visible CUDA GPU's compute capability, or None without one."""
+    import torch
+
+    return tuple(torch.cuda.get_device_capability()) if torch.cuda.is_available() else None
+
+
+def package_installed(name: str) -> bool:
+    """`name` can be imported (found without importing it, so a heavy package costs nothing here)."""
+    return importlib.util.find_spec(name) is not None
 
 
 def accelerator_visible() -> bool:

@@ -1,41 +1,47 @@
-"""Performance presets: `--optimization_level light|standard|aggressive` mapped to concrete arguments.
+"""Performance presets: `--optimization_level light|standard|aggressive|extreme` mapped to concrete arguments.
 
-| setting                        | light | standard | aggressive | needs                                   |
-|--------------------------------|-------|----------|------------|-----------------------------------------|
-| `bf16` mixed precision         | yes   | yes      | yes        | a GPU with bf16 (CUDA/XPU)               |
-| `tf32` matmuls                 | yes   | yes      | yes        | an NVIDIA Ampere or newer GPU            |
-| `activation_checkpointing`     | -     | yes      | yes        | -                                       |
-| `optim: adamw_torch_fused`     | -     | yes      | -          | torch >= 2.4 (CPU or GPU)                |
-| `packing` (SFT, bfd: padding-free) | - | yes      | yes        | an SFT config                            |
-| `torch_compile`                | -     | -        | yes        | a CUDA GPU (inductor's gains are GPU kernels) |
-| `optim: adamw_bnb_8bit`        | -     | -        | yes        | bitsandbytes and a CUDA GPU              |
+| setting                        | light | standard | aggressive | extreme  | needs                                   |
+|--------------------------------|-------|----------|------------|----------|-----------------------------------------|
+| `bf16` mixed precision         | yes   | yes      | yes        | yes      | a GPU with bf16 (CUDA/XPU)               |
+| `tf32` matmuls                 | yes   | yes      | yes        | yes      | an NVIDIA Ampere or newer GPU            |
+| `activation_checkpointing`     | -     | yes      | yes        | yes      | -                                       |
+| `activation_offloading`        | -     | -        | -          | yes      | a CUDA GPU; an SFT or DPO config         |
+| `optim: adamw_torch_fused`     | -     | yes      | fallback   | fallback | torch >= 2.4 (CPU or GPU)                |
+| `packing` (SFT, bfd: padding-free) | - | yes      | yes        | yes      | an SFT config                            |
+| `use_liger_kernel`             | -     | -        | yes        | yes      | liger-kernel installed and a CUDA GPU    |
+| `torch_compile`                | -     | -        | yes        | yes      | a CUDA GPU (inductor's gains are GPU kernels) |
+| `optim: adamw_bnb_8bit`        | -     | -        | yes        | yes      | bitsandbytes and a CUDA GPU              |
+
+`aggressive` is the fastest level (compiled graphs, Liger's fused Triton kernels for RMSNorm, RoPE and SwiGLU) and
+keeps AdamW's states in 8 bits; `extreme` adds TRL's activation offloading (the activations that checkpointing keeps
+move to CPU memory between forward and backward) for the smallest GPU memory. Where 8-bit AdamW is refused, the
+fused AdamW is used instead. `bench/throughput.py --levels` measures tokens/s and peak memory of each level against
+no preset.
 
 A value you set yourself is never changed: from YAML or the command line, any field you name (even at its default
 value, e.g. `packing: false`); in Python, any field whose value differs from its default. A field the arguments class
-does not have (`packing` outside SFT, anything a loop refuses) is not touched. `hftrain.launch.resolve_arguments`
-applies the changes; every choice, applied, kept or refused with its reason, is recorded on the resolved arguments
-(`args.hftrain_preset_report`) and printed by the recipes at start.
+does not have (`packing` outside SFT) or that its loop refuses (the diffusion loop's arguments list what it honours)
+is not touched. `hftrain.launch.resolve_arguments` applies the changes; every choice, applied, kept or refused with
+its reason, is recorded on the resolved arguments (`args.hftrain_preset_report`) and printed by the recipes at start.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
+import sys
 from typing import Any, Callable, Optional
 
 from .config.groups import OPTIMIZATION_LEVELS as LEVELS
 from .errors import ConfigError
-from .machine import bf16_unavailable_reason, cuda_usable
+from .machine import bf16_unavailable_reason, cuda_capability, cuda_usable, package_installed
 
 __all__ = ["LEVELS", "preset_changes", "preset_plan"]
 
 
 def _tf32_reason(args: Any) -> Optional[str]:
-    import torch
-
     if not cuda_usable(args):
         return "no CUDA GPU"
-    major, _ = torch.cuda.get_device_capability()
+    major, _ = cuda_capability()
     return None if major >= 8 else f"GPU compute capability {major}.x is older than Ampere (8.0)"
 
 
@@ -44,9 +50,19 @@ def _compile_reason(args: Any) -> Optional[str]:
 
 
 def _bnb_reason(args: Any) -> Optional[str]:
-    if importlib.util.find_spec("bitsandbytes") is None:
+    if not package_installed("bitsandbytes"):
         return "bitsandbytes is not installed"
     return None if cuda_usable(args) else "bitsandbytes' 8-bit optimizers need a CUDA GPU"
+
+
+def _liger_reason(args: Any) -> Optional[str]:
+    if not package_installed("liger_kernel"):
+        return "liger-kernel is not installed (pip install liger-kernel)"
+    return None if cuda_usable(args) else "no CUDA GPU (Liger's kernels are Triton GPU kernels)"
+
+
+def _offload_reason(args: Any) -> Optional[str]:
+    return None if cuda_usable(args) else "no CUDA GPU (offloading moves activations from GPU to CPU memory)"
 
 
 def _fused_reason(args: Any) -> Optional[str]:
@@ -57,19 +73,29 @@ def _fused_reason(args: Any) -> Optional[str]:
 
 
 # (field, value, levels, hardware check, what it is) in the order they are applied and printed.
+_FAST = ("aggressive", "extreme")
 _PLAN: list[tuple[str, Any, tuple[str, ...], Optional[Callable[[Any], Optional[str]]], str]] = [
     ("bf16", True, LEVELS, bf16_unavailable_reason, "bf16 mixed precision"),
     ("tf32", True, LEVELS, _tf32_reason, "TF32 matmuls"),
-    ("activation_checkpointing", True, ("standard", "aggressive"), None, "activation checkpointing"),
+    ("activation_checkpointing", True, ("standard", *_FAST), None, "activation checkpointing"),
+    ("activation_offloading", True, ("extreme",), _offload_reason, "activation offloading (TRL)"),
     ("optim", "adamw_torch_fused", ("standard",), _fused_reason, "fused AdamW"),
-    ("packing", True, ("standard", "aggressive"), None, "packing (bfd, padding-free)"),
-    ("torch_compile", True, ("aggressive",), _compile_reason, "torch.compile"),
-    ("optim", "adamw_bnb_8bit", ("aggressive",), _bnb_reason, "8-bit AdamW (bitsandbytes)"),
+    ("packing", True, ("standard", *_FAST), None, "packing (bfd, padding-free)"),
+    ("use_liger_kernel", True, _FAST, _liger_reason, "Liger kernels"),
+    ("torch_compile", True, _FAST, _compile_reason, "torch.compile"),
+    ("optim", "adamw_bnb_8bit", _FAST, _bnb_reason, "8-bit AdamW (bitsandbytes)"),
 ]
 _ALIASES = {
     "activation_checkpointing": {"activation_checkpointing", "gradient_checkpointing"},
     "bf16": {"bf16", "fp16"},
 }
+
+
+def _loop_refuses(args: Any, name: str) -> bool:
+    """The arguments class has the field but its loop refuses it: a class whose module lists what its loop honours
+    (`HONOURED`, as `hftrain.diffusion.config` does) refuses everything else set away from its default."""
+    honoured = getattr(sys.modules.get(type(args).__module__), "HONOURED", None)
+    return honoured is not None and name not in honoured
 
 
 def _defaults(args: Any) -> dict[str, Any]:
@@ -86,10 +112,9 @@ def _user_set(args: Any, name: str, defaults: dict[str, Any], explicit: Optional
     if explicit is not None:  # parsed from YAML/CLI: we know exactly what the user wrote
         return bool(_ALIASES.get(name, {name}) & explicit)
     # built in Python: a value different from the field's default is the user's
-    if name == "activation_checkpointing":  # its deprecated alias counts as the same setting
-        return bool(args.activation_checkpointing) or args.gradient_checkpointing != defaults.get(
-            "gradient_checkpointing"
-        )
+    if name == "activation_checkpointing":  # its deprecated alias counts as the same setting; None means off
+        default = bool(defaults.get("activation_checkpointing") or defaults.get("gradient_checkpointing"))
+        return bool(args.activation_checkpointing or args.gradient_checkpointing) != default
     if name == "bf16":  # TRL's default is None ("decide for me"); transformers' is False
         return bool(args.bf16) or bool(getattr(args, "fp16", False))
     return getattr(args, name) != defaults.get(name)
@@ -115,8 +140,8 @@ def preset_changes(args: Any, explicit: Optional[frozenset] = None) -> tuple[dic
         raise ConfigError(f"optimization_level: expected one of {', '.join(LEVELS)}, got {level!r}")
     defaults, changes, report = _defaults(args), {}, []
     for name, value, levels, check, what in _PLAN:
-        if level not in levels or not hasattr(args, name) or name in changes:
-            continue  # a field the level does not touch, or the optimizer an earlier line already chose
+        if level not in levels or not hasattr(args, name) or _loop_refuses(args, name) or name in changes:
+            continue  # a field the level does not touch or the loop refuses, or an optimizer already chosen
         if _user_set(args, name, defaults, explicit):
             report.append(f"{what}: kept your {name}={_plain(getattr(args, name))!r}")
             continue
@@ -127,7 +152,7 @@ def preset_changes(args: Any, explicit: Optional[frozenset] = None) -> tuple[dic
         changes[name] = value
         report.append(f"{what}: {name}={value!r}")
     user_optim = _user_set(args, "optim", defaults, explicit)
-    if level == "aggressive" and "optim" not in changes and not user_optim and _fused_reason(args) is None:
+    if level in _FAST and "optim" not in changes and not user_optim and _fused_reason(args) is None:
         # 8-bit AdamW was refused: fall back to the fused optimizer, the best one this machine has.
         changes["optim"] = "adamw_torch_fused"
         report.append("fused AdamW: optim='adamw_torch_fused' (instead of 8-bit AdamW)")

@@ -34,7 +34,7 @@ __all__ = [
 ACTIONS = ("warn", "skip", "stop", "rollback")
 ALERT_FORMATS = ("auto", "json", "slack", "discord")
 EXACT_MATCH_NORMALIZATIONS = ("lower", "punctuation", "whitespace", "articles")
-OPTIMIZATION_LEVELS = ("light", "standard", "aggressive")
+OPTIMIZATION_LEVELS = ("light", "standard", "aggressive", "extreme")
 PACINGS = ("linear", "root", "geometric", "step", "none")
 
 
@@ -121,8 +121,9 @@ class RunArguments:
         default=None,
         metadata={
             "help": "Performance preset: light (bf16, TF32), standard (+ activation checkpointing, fused "
-            "AdamW, padding-free), aggressive (+ torch.compile, packing, 8-bit AdamW). Each choice is printed at "
-            "start; one the hardware lacks is refused with the reason. Values you set yourself win. None: off.",
+            "AdamW, padding-free packing), aggressive (+ torch.compile, Liger kernels, 8-bit AdamW), extreme "
+            "(+ activation offloading to CPU memory). Each choice is printed at start; one the hardware or the "
+            "installed packages lack is refused with the reason. Values you set yourself win. None: off.",
             "choices": list(OPTIMIZATION_LEVELS),
         },
     )
