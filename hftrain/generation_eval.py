@@ -290,6 +290,9 @@ class GenerationEvaluator:
             with open(path, "w", encoding="utf-8") as handle:
                 for row in table:
                     handle.write(json.dumps({"step": trainer.state.global_step, **row}, ensure_ascii=False) + "\n")
+            from .tracking.callback import log_samples  # the rows as a table: tracker, TensorBoard, W&B
+
+            log_samples(trainer, prefix, table, path)
         return path
 
     def _prepared_batches(self, trainer: Any, dataset: Any) -> Iterator[dict]:

@@ -670,3 +670,81 @@ def test_system_figures_and_tokens_per_second_by_default(tokenizer, tmp_path, mo
         tokens = [v for _, v in store.curve_points(run["id"], "num_tokens")]
         elapsed = run["end_time"] - run["start_time"]
         assert tokens[-1] / elapsed / 4 < max(rates) < tokens[-1] / 0.04 * 4  # the right order of magnitude
+
+
+def test_generation_samples_are_tables_in_the_tracker_tensorboard_and_wandb(tokenizer, tmp_path, monkeypatch):
+    """Each evaluation's samples reach the tracked run as a table (the report shows it), TensorBoard as a markdown
+    text and W&B (offline) as a `wandb.Table`, beside the JSONL file they always were."""
+    import glob
+    import importlib.util
+    import json
+
+    from hftrain.tracking.report import samples_tables
+
+    report_to = [
+        name for name in ("tensorboard", "wandb") if importlib.util.find_spec(name.replace("board", "boardX"))
+    ]
+    report_to += ["tensorboard"] if importlib.util.find_spec("tensorboard") and "tensorboard" not in report_to else []
+    monkeypatch.delenv("WANDB_DISABLED", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    train, evaluation = number_spelling_splits(16, 4, seed=0)
+
+    def enc(b):
+        out = tokenizer(b["source"])
+        out["labels"] = [ids + [tokenizer.eos_token_id] for ids in tokenizer(b["target"])["input_ids"]]
+        return out
+
+    model = build_tiny_seq2seq(tokenizer, d_model=32, num_layers=1, num_heads=2)
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
+    settings = {**COMMON, "report_to": report_to or "none"}
+    Seq2SeqTrainer(
+        model=model,
+        args=Seq2SeqTrainingArguments(
+            output_dir=str(tmp_path / "s2s"),
+            max_steps=2,
+            per_device_train_batch_size=8,
+            eval_strategy="steps",
+            eval_steps=2,
+            eval_metrics=["exact_match"],
+            eval_log_samples=3,
+            eval_max_new_tokens=6,
+            **settings,
+        ),
+        train_dataset=train.map(enc, batched=True, remove_columns=train.column_names),
+        eval_dataset=evaluation.map(enc, batched=True),
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
+        processing_class=tokenizer,
+    ).train()
+    written = [json.loads(line) for line in open(tmp_path / "s2s" / "eval_samples" / "eval_step2.jsonl")]
+    with TrackerStore(os.environ["HFTRAIN_TRACKER_DB"]) as store:
+        (run,) = store.runs()
+        (event,) = [e for e in store.events(run["id"]) if e["kind"] == "samples"]
+        assert event["step"] == 2 and event["payload"]["name"] == "eval"
+        assert [{"step": 2, **row} for row in event["payload"]["rows"]] == written and len(written) == 3
+        (table,) = samples_tables(store, [run])
+        assert table["columns"] == ["index", "prompt", "generation", "reference"] and len(table["rows"]) == 3
+        assert table["rows"][0][1] == written[0]["prompt"]
+    if "tensorboard" in report_to:
+        from tensorboardX.proto.event_pb2 import Event  # reads the event file the callback wrote
+
+        texts = []
+        for path in set(glob.glob(str(tmp_path / "tb" / "**" / "events.out.tfevents.*"), recursive=True)):
+            data = open(path, "rb").read()
+            while data:
+                (length,) = __import__("struct").unpack("<Q", data[:8])
+                event = Event.FromString(data[12 : 12 + length])
+                data = data[16 + length :]
+                texts += [
+                    v.tensor.string_val[0].decode()
+                    for v in event.summary.value
+                    if v.tag == "eval/samples/text_summary"
+                ]
+        assert len(texts) == 1 and texts[0].startswith("| index | prompt | generation | reference |")
+        assert written[0]["prompt"] in texts[0]
+    if "wandb" in report_to:
+        pattern = str(tmp_path / "wandb" / "offline-run-*" / "files" / "media" / "table" / "**" / "*.json")
+        (table_file,) = set(glob.glob(pattern, recursive=True))
+        logged = json.load(open(table_file))
+        assert logged["columns"] == ["index", "prompt", "generation", "reference"] and len(logged["data"]) == 3

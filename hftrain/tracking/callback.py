@@ -9,6 +9,7 @@ id), draws no random numbers and moves no tensors, so training is unchanged with
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import sqlite3
@@ -28,7 +29,7 @@ from .store import TrackerStore, default_db_path, flatten
 from .sysinfo import SystemMonitor, git_info, system_info
 from .writer import TrackerWriter
 
-__all__ = ["TrackerCallback", "find_tracker", "parse_tags"]
+__all__ = ["TrackerCallback", "find_tracker", "log_samples", "parse_tags"]
 
 logger = logging.get_logger(__name__)
 
@@ -52,6 +53,51 @@ def find_tracker(trainer: Any) -> Optional["TrackerCallback"]:
         if isinstance(callback, TrackerCallback):
             return callback
     return None
+
+
+def log_samples(trainer: Any, name: str, rows: list[dict], file: Optional[str] = None) -> None:
+    """Generation samples as a table, from world rank 0: a `samples` event of the tracked run (the report shows it
+    as a table), a markdown table for TensorBoard's text tab and a `wandb.Table` for W&B, each only when that
+    integration is on. Both go through the integration's own `on_log`, so they land where its other values do
+    (`eval/samples` at the current step). A failing integration is a warning, never a failed evaluation."""
+    from transformers.integrations import TensorBoardCallback, WandbCallback
+
+    if not rows or not trainer.is_world_process_zero():
+        return
+    state, step = trainer.state, trainer.state.global_step
+    tracker = find_tracker(trainer)
+    if tracker is not None:
+        tracker.log_event("samples", {"name": name, "file": file, "rows": rows}, step=step)
+    columns = list(dict.fromkeys(key for row in rows for key in row if key != "step"))
+    for callback in trainer.callback_handler.callbacks:
+        try:
+            if isinstance(callback, TensorBoardCallback):
+                logs = {f"{name}_samples": _markdown_table(columns, rows)}
+            elif isinstance(callback, WandbCallback):
+                import wandb
+
+                cells = [[_cell_text(row.get(c)) for c in columns] for row in rows]
+                logs = {f"{name}_samples": wandb.Table(columns=columns, data=cells)}
+            else:
+                continue
+            callback.on_log(trainer.args, state, trainer.control, logs=logs)
+        except Exception as exc:
+            logger.warning(f"hftrain: {name} samples not logged to {type(callback).__name__} ({exc})")
+
+
+def _cell_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _markdown_table(columns: list[str], rows: list[dict]) -> str:
+    """Rows as a markdown table (TensorBoard renders text as markdown); pipes escaped, line breaks as <br>."""
+
+    def cell(value: Any) -> str:
+        return _cell_text(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", "<br>")
+
+    lines = ["| " + " | ".join(cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def _scalar(value: Any) -> tuple[bool, Optional[float]]:
