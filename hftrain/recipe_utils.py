@@ -382,6 +382,7 @@ def parse_recipe_args(argv: Optional[list[str]], dataclass_types: Sequence, defa
     for value in parsed:
         if isinstance(value, ModelArguments):
             check_model_arguments(value)  # k-bit loading needs a CUDA GPU: refused before anything loads
+            _check_attention(value)  # flash attention's package and GPU, before the tokenizer or model loads
     return tuple(
         resolve_arguments(value, parser.explicit_fields) if isinstance(value, HFTrainArguments) else value
         for value in parsed
