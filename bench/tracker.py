@@ -1,6 +1,6 @@
-"""The tracker's write and read cost against MLflow's SQLite store, measured in the same run.
+"""The tracker's write and read cost against trackio's and MLflow's local stores, measured in the same run.
 
-    python bench/tracker.py [--steps 10000] [--keys 10] [--mlflow-steps 300] [--runs 100]
+    python bench/tracker.py [--steps 10000] [--keys 10] [--mlflow-steps 300] [--trackio-steps 10000] [--runs 100]
 
 Writes: `--keys` metrics per step for `--steps` steps through the real `TrackerCallback.on_log` (one transaction per
 step, exactly what training does), against MLflow's `MlflowClient.log_batch` with one batch per step on a
@@ -8,16 +8,24 @@ step, exactly what training does), against MLflow's `MlflowClient.log_batch` wit
 `--mlflow-steps` steps and its per-step cost is compared (the output says so); MLflow's database creation and
 migrations are not timed.
 
+trackio (local mode: its SQLite file under a temporary `TRACKIO_DIR`, no Space, no server, no network) logs the
+same `--keys` values per step with `trackio.log(..., step=)`; it queues them and a background thread commits them in
+batches every 0.5 s, so it is timed as one whole run, `init` excluded, from the first `log` until `finish()` has
+committed everything (its automatic CPU logging off, as hftrain's sampler is here). It runs after the interleaved
+rounds of the other three.
+
 Writes are timed until committed: the callback hands each log to the tracker's writer thread, so the training
-thread's own share (also printed) is far smaller.
+thread's own share (also printed, for trackio too) is far smaller.
 
 Reads: five full curves of `--steps` points each (`TrackerStore.curve_points`, what the report reads) of the
-finished run (curves packed by `on_train_end`) and, before that, of the live run; against MLflow's
-`get_metric_history` on a run holding the same five curves (bulk-loaded 1,000 values per `log_batch`, not timed);
-and a leaderboard of one metric over `--runs` runs (last, min, max and the best step of each,
-`TrackerStore.leaderboard`).
+finished run (curves packed by `on_train_end`) and, before that, of the live run; against trackio's
+`SQLiteStorage.get_metric_values` (what `trackio get metric` and its dashboard read) on the run it wrote, checked
+value for value against what was logged; against MLflow's `get_metric_history` on a run holding the same five curves
+(bulk-loaded 1,000 values per `log_batch`, not timed); and a leaderboard of one metric over `--runs` runs (last, min,
+max and the best step of each, `TrackerStore.leaderboard`).
 
-Targets (issue 3): >= 50x faster writes per step than MLflow, < 20 us per value, < 10 ms for five 10,000-point curves.
+Targets: >= 50x faster writes per step than MLflow, < 20 us per value, < 10 ms for five 10,000-point curves, ahead
+of trackio on committed writes and on reads.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
+from typing import Optional
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -122,6 +131,68 @@ class MLflow:
     def write(self, step: int, logs: dict[str, float]) -> None:
         now = int(time.time() * 1000)
         self.client.log_batch(self.run, metrics=[self.Metric(k, v, now, step) for k, v in logs.items()])
+
+
+class Trackio:
+    """`trackio.log` in local mode, into its SQLite file under `folder` (trackio reads `TRACKIO_DIR` at import)."""
+
+    def __init__(self, folder: str):
+        import contextlib
+        import io
+
+        os.environ["TRACKIO_DIR"] = os.path.join(folder, "trackio")
+        with contextlib.redirect_stdout(io.StringIO()):  # its banner and dashboard hints
+            import trackio
+
+            trackio.init(project="bench", name="bench-0", embed=False, auto_log_cpu=False, auto_log_gpu=False)
+        self.trackio = trackio
+        self.thread_s = 0.0
+
+    def write(self, step: int, logs: dict[str, float]) -> None:
+        start = time.perf_counter()
+        self.trackio.log(logs, step=step)
+        self.thread_s += time.perf_counter() - start
+
+    def finish(self) -> None:
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.trackio.finish()  # joins its sender thread: every queued value is committed when this returns
+
+    def curves(self, keys: list[str]) -> list[list[float]]:
+        from trackio.sqlite_storage import SQLiteStorage
+
+        return [[row["value"] for row in SQLiteStorage.get_metric_values("bench", "bench-0", key)] for key in keys]
+
+
+def bench_trackio(folder: str, steps: int, keys: int) -> dict:
+    """trackio's whole run, timed from the first `log` until `finish()` has committed it; then its five curves read
+    back (median of 3) and checked against what was logged."""
+    writer = Trackio(folder)
+    rng = random.Random(0)
+    payloads = [_values(keys, step, rng) for step in range(1, steps + 1)]
+    start, start_cpu = time.perf_counter(), time.process_time()
+    for step in range(1, steps + 1):
+        writer.write(step, payloads[step - 1])
+    writer.finish()
+    seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    curve_keys = [f"metric_{k}" for k in range(min(5, keys))]
+    times = []
+    for _ in range(3):
+        begin = time.perf_counter()
+        curves = writer.curves(curve_keys)
+        times.append(time.perf_counter() - begin)
+    assert curves == [[p[key] for p in payloads] for key in curve_keys], "trackio read back other values"
+    return {
+        "steps": steps,
+        "write_s": seconds,
+        "per_step_s": seconds / steps,
+        "per_value_s": seconds / (steps * keys),
+        "cpu_per_value_s": cpu / (steps * keys),
+        "thread_per_step_s": writer.thread_s / steps,
+        "curves_s": statistics.median(times),
+    }
 
 
 def bench_writes(folder: str, steps: int, keys: int, mlflow_steps: int, rounds: int = 10) -> dict[str, dict]:
@@ -234,27 +305,13 @@ def bench_mlflow_reads(mlflow: MLflow, keys: int, steps: int) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=10_000)
-    parser.add_argument("--keys", type=int, default=10)
-    parser.add_argument("--mlflow-steps", type=int, default=300, help="steps MLflow logs (its per-step cost is used)")
-    parser.add_argument("--runs", type=int, default=100, help="runs in the leaderboard")
-    parser.add_argument("--skip-mlflow-reads", action="store_true", help="skip loading MLflow's curves (~100k values)")
-    opts = parser.parse_args()
+def _print_writes(opts, writes: dict, trk: Optional[dict]) -> None:
     us = 1e6
-    with tempfile.TemporaryDirectory(prefix="hftrain-bench-") as folder:
-        writes = bench_writes(folder, opts.steps, opts.keys, opts.mlflow_steps)
-        reads = bench_reads(writes["ours"]["writer"], opts.keys, opts.steps, opts.runs)
-        mlflow_curves_s = (
-            None if opts.skip_mlflow_reads else bench_mlflow_reads(writes["mlflow"]["writer"], opts.keys, opts.steps)
-        )
     ours, raw, theirs = writes["ours"], writes["raw"], writes["mlflow"]
-    ratio = theirs["per_step_s"] / ours["per_step_s"]
     thread_per_step = ours["writer"].thread_s / ours["steps"]
     print(
-        f"writes: {opts.keys} keys per step, one transaction per step; the three writers interleaved in 10 rounds, "
-        "each round timed until its last write is committed"
+        f"writes: {opts.keys} keys per step, one transaction per step; hftrain, bare sqlite3 and MLflow interleaved in "
+        "10 rounds, each round timed until its last write is committed"
     )
     print(
         f"  hftrain TrackerCallback.on_log: {ours['steps']} steps committed in {ours['write_s']:.3f} s = "
@@ -270,23 +327,37 @@ def main() -> None:
         f"no callback, no thread): {raw['per_step_s'] * us:.1f} us/step, {raw['per_value_s'] * us:.2f} us/value "
         f"(CPU {raw['cpu_per_value_s'] * us:.2f}); hftrain = {ours['per_step_s'] / raw['per_step_s']:.2f}x it"
     )
+    if trk is not None:
+        print(
+            f"  trackio {_version('trackio')} local mode, one whole run after the rounds (log + finish, which commits): "
+            f"{trk['steps']} steps in {trk['write_s']:.3f} s = {trk['per_step_s'] * us:.1f} us/step, "
+            f"{trk['per_value_s'] * us:.2f} us/value (CPU {trk['cpu_per_value_s'] * us:.2f}); training thread "
+            f"{trk['thread_per_step_s'] * us:.1f} us/step in log"
+        )
     print(
-        f"  MLflow log_batch per step: {theirs['steps']} steps (fewer, to bound its time) in {theirs['write_s']:.3f} s"
-        f" = {theirs['per_step_s'] * us:.1f} us/step, {theirs['per_value_s'] * us:.1f} us/value"
+        f"  MLflow {_version('mlflow-skinny')} log_batch per step: {theirs['steps']} steps (fewer, to bound its time) "
+        f"in {theirs['write_s']:.3f} s = {theirs['per_step_s'] * us:.1f} us/step, {theirs['per_value_s'] * us:.1f} us/value"
     )
-    print(
-        f"  ratio per committed step: hftrain is {ratio:.0f}x faster than MLflow (target >= 50x); "
-        f"per step of training-thread time: {theirs['per_step_s'] / thread_per_step:.0f}x"
-    )
-    print(f"reads (median of 7; database {reads['db_mb']:.1f} MB)")
+    line = f"  per committed step hftrain is {theirs['per_step_s'] / ours['per_step_s']:.0f}x faster than MLflow (target >= 50x)"
+    if trk is not None:
+        line += f" and {trk['per_step_s'] / ours['per_step_s']:.1f}x faster than trackio"
+    line += f"; per step of training-thread time: {theirs['per_step_s'] / thread_per_step:.0f}x MLflow"
+    if trk is not None:
+        line += f", {trk['thread_per_step_s'] / thread_per_step:.1f}x trackio"
+    print(line)
+
+
+def _print_reads(opts, reads: dict, trk: Optional[dict], mlflow_curves_s: Optional[float]) -> None:
+    print(f"reads (median of 7, trackio and MLflow of 3; database {reads['db_mb']:.1f} MB)")
     line = (
         f"  five full curves, {reads['curve_points']} points, finished run: hftrain {reads['curves_s'] * 1e3:.2f} ms "
         f"(target < 10; CPU time {reads['curves_cpu_s'] * 1e3:.2f} ms)"
     )
+    if trk is not None:
+        line += f", trackio {trk['curves_s'] * 1e3:.1f} ms ({trk['curves_s'] / reads['curves_s']:.0f}x)"
     if mlflow_curves_s is not None:
         line += (
-            f", MLflow get_metric_history {mlflow_curves_s * 1e3:.1f} ms, "
-            f"ratio {mlflow_curves_s / reads['curves_s']:.0f}x"
+            f", MLflow get_metric_history {mlflow_curves_s * 1e3:.1f} ms ({mlflow_curves_s / reads['curves_s']:.0f}x)"
         )
     print(line)
     print(
@@ -298,11 +369,45 @@ def main() -> None:
         f"  leaderboard of one metric over {opts.runs} runs (last/min/max and their steps): "
         f"{reads['board_s'] * 1e3:.3f} ms"
     )
+
+
+def _version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "?"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=10_000)
+    parser.add_argument("--keys", type=int, default=10)
+    parser.add_argument("--mlflow-steps", type=int, default=300, help="steps MLflow logs (its per-step cost is used)")
+    parser.add_argument("--trackio-steps", type=int, default=None, help="steps trackio logs (default: --steps)")
+    parser.add_argument("--runs", type=int, default=100, help="runs in the leaderboard")
+    parser.add_argument("--skip-mlflow-reads", action="store_true", help="skip loading MLflow's curves (~100k values)")
+    parser.add_argument("--skip-trackio", action="store_true", help="leave trackio out (it is in the dev extra)")
+    opts = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="hftrain-bench-") as folder:
+        writes = bench_writes(folder, opts.steps, opts.keys, opts.mlflow_steps)
+        trk = None if opts.skip_trackio else bench_trackio(folder, opts.trackio_steps or opts.steps, opts.keys)
+        reads = bench_reads(writes["ours"]["writer"], opts.keys, opts.steps, opts.runs)
+        mlflow_curves_s = (
+            None if opts.skip_mlflow_reads else bench_mlflow_reads(writes["mlflow"]["writer"], opts.keys, opts.steps)
+        )
+    _print_writes(opts, writes, trk)
+    _print_reads(opts, reads, trk, mlflow_curves_s)
+    ours, theirs = writes["ours"], writes["mlflow"]
     met = {
-        "write ratio >= 50x": ratio >= 50,
+        "write ratio >= 50x": theirs["per_step_s"] / ours["per_step_s"] >= 50,
         "< 20 us/value": ours["per_value_s"] < 20e-6,
         "five curves < 10 ms": reads["curves_s"] < 0.01,
     }
+    if trk is not None:
+        met["ahead of trackio on writes"] = trk["per_step_s"] > ours["per_step_s"]
+        met["and on reads"] = trk["curves_s"] > reads["curves_s"]
     print("targets: " + ", ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in met.items()))
     try:
         print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")

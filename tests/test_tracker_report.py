@@ -370,38 +370,40 @@ def test_report_charts_are_readable_grouped_and_interactive(tmp_path, capsys):
             "2.5",
         ]
         assert browser.js("document.querySelectorAll('#samples tbody tr').length") == 4
-
-        # hover: a value under the pointer
-        box = browser.js(
-            "(function(){var r=document.querySelector('.card[data-key=loss] .nsewdrag').getBoundingClientRect();"
-            "return [r.x, r.y, r.width, r.height];})()"
-        )
-        browser.page("Input.dispatchMouseEvent", type="mouseMoved", x=box[0] + box[2] * 0.8, y=box[1] + box[3] / 2)
-        hover = wait_for(browser, "document.querySelector('.card[data-key=loss] .hoverlayer').textContent")
-        assert "long-1000" in hover and any(ch.isdigit() for ch in hover)
-        # zoom: drag a box, the x range narrows
-        browser.drag(box[0] + box[2] * 0.5, box[1] + box[3] * 0.3, box[0] + box[2] * 0.7, box[1] + box[3] * 0.9)
-        zoomed = browser.js("document.querySelector('.card[data-key=loss] .plot')._fullLayout.xaxis.range")
-        assert zoomed[1] - zoomed[0] < 1.0  # log10 units: the full view spans 3
-        # log y on one chart; relative time for all; hiding a run
-        browser.js("document.querySelector('.card[data-key=grad_norm] button').click()")
-        wait_for(browser, "document.querySelector('.card[data-key=grad_norm] .plot')._fullLayout.yaxis.type === 'log'")
-        browser.js("var s=document.getElementById('xmode'); s.value='time'; s.dispatchEvent(new Event('change'))")
-        wait_for(browser, "document.querySelector('.card[data-key=loss] .g-xtitle').textContent.indexOf('time') === 0")
-        browser.js(f"document.querySelector('#legend button[data-run=\"{short_id}\"]').click()")
-        facts = {c["key"]: c for c in browser.js(CHART_FACTS)}
-        assert all(t["visible"] is False for t in facts["loss"]["traces"] if t["run"] == short_id)
-        # the legend stays on screen when the page is scrolled
-        browser.js("window.scrollTo(0, document.body.scrollHeight)")
-        top = wait_for(
-            browser, "window.scrollY > 500 && document.getElementById('bar').getBoundingClientRect().top + 1"
-        )
-        assert top == 1
-        assert not browser.errors(), browser.errors()
-        browser.js("window.scrollTo(0, 0)")
+        _check_controls(browser, short_id)
         browser.js(f"document.querySelector('#legend button[data-run=\"{short_id}\"]').click()")
         browser.js("var s=document.getElementById('xmode'); s.value='logstep'; s.dispatchEvent(new Event('change'))")
         save_screenshot(browser, tmp_path, "report.png")
+
+
+def _check_controls(browser, short_id):
+    """Hover, zoom, log y, relative time, hiding a run, and the legend staying on screen."""
+    # hover: a value under the pointer
+    box = browser.js(
+        "(function(){var r=document.querySelector('.card[data-key=loss] .nsewdrag').getBoundingClientRect();"
+        "return [r.x, r.y, r.width, r.height];})()"
+    )
+    browser.page("Input.dispatchMouseEvent", type="mouseMoved", x=box[0] + box[2] * 0.8, y=box[1] + box[3] / 2)
+    hover = wait_for(browser, "document.querySelector('.card[data-key=loss] .hoverlayer').textContent")
+    assert "long-1000" in hover and any(ch.isdigit() for ch in hover)
+    # zoom: drag a box, the x range narrows
+    browser.drag(box[0] + box[2] * 0.5, box[1] + box[3] * 0.3, box[0] + box[2] * 0.7, box[1] + box[3] * 0.9)
+    zoomed = browser.js("document.querySelector('.card[data-key=loss] .plot')._fullLayout.xaxis.range")
+    assert zoomed[1] - zoomed[0] < 1.0  # log10 units: the full view spans 3
+    # log y on one chart; relative time for all; hiding a run
+    browser.js("document.querySelector('.card[data-key=grad_norm] button').click()")
+    wait_for(browser, "document.querySelector('.card[data-key=grad_norm] .plot')._fullLayout.yaxis.type === 'log'")
+    browser.js("var s=document.getElementById('xmode'); s.value='time'; s.dispatchEvent(new Event('change'))")
+    wait_for(browser, "document.querySelector('.card[data-key=loss] .g-xtitle').textContent.indexOf('time') === 0")
+    browser.js(f"document.querySelector('#legend button[data-run=\"{short_id}\"]').click()")
+    facts = {c["key"]: c for c in browser.js(CHART_FACTS)}
+    assert all(t["visible"] is False for t in facts["loss"]["traces"] if t["run"] == short_id)
+    # the legend stays on screen when the page is scrolled
+    browser.js("window.scrollTo(0, document.body.scrollHeight)")
+    top = wait_for(browser, "window.scrollY > 500 && document.getElementById('bar').getBoundingClientRect().top + 1")
+    assert top == 1
+    assert not browser.errors(), browser.errors()
+    browser.js("window.scrollTo(0, 0)")
 
 
 def test_report_study_has_optunas_views(tmp_path, capsys):

@@ -141,14 +141,7 @@ def test_serve_shows_a_training_run_live(tmp_path):
             assert browser.js("performance.getEntriesByType('navigation').length") == 1
             assert int(browser.js("document.body.dataset.liveUpdates")) >= 1
             assert "live, updated" in browser.js("document.getElementById('live-status').textContent")
-            wait_for(browser, "hftrainReport.state().charts.indexOf('eval_loss') >= 0", timeout=60)
-            charts = {c["key"]: c for c in browser.js(CHART_FACTS)}
-            for key in ("loss", "learning_rate", "eval_loss", "sys/cpu_percent"):
-                chart = charts[key]
-                assert chart["xticks"] >= 3 and chart["yticks"] >= 3 and chart["xgrid"] and chart["ytitle"], chart
-                assert live_id in {t["run"] for t in chart["traces"]} and chart["xtitle"] == "step", chart
-            assert {t["run"] for t in charts["loss"]["traces"]} == {live_id, short}
-            assert browser.js("getComputedStyle(document.getElementById('bar')).position") == "sticky"
+            _check_charts(browser, live_id, short)
             status = f"document.querySelector('#runs tr[data-run=\"{live_id}\"] .status').textContent"
             assert browser.js(status) == "running"
             save_screenshot(browser, tmp_path, "serve.png")
@@ -160,14 +153,7 @@ def test_serve_shows_a_training_run_live(tmp_path):
             # whole WAL (TRUNCATE waits for no reader to be left behind)
             with sqlite3.connect(db, timeout=5) as conn:
                 assert conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
-        # it answers this machine's names only, and only its two paths
-        port = url.rsplit(":", 1)[1].rstrip("/")
-        assert _request(url, host=f"evil.example:{port}")[0] == 403
-        assert _request(url + "api/update", data=b"{}", host=f"evil.example:{port}")[0] == 404
-        assert _request(url + "../../etc/passwd")[0] == 404
-        status, body = _request(url + "api/update", data=json.dumps({"known": {"x": {"loss": "y"}}}).encode())
-        assert status == 200 and {r["name"] for r in json.loads(body)["runs"]} == {"training-now", "short-20"}
-        assert _request(url + "api/update", data=b"not json")[0] == 400
+        _check_refusals(url)
     finally:
         if trainer.poll() is None:
             trainer.kill()
@@ -177,6 +163,29 @@ def test_serve_shows_a_training_run_live(tmp_path):
             server.send_signal(signal.SIGINT)
             out, _ = server.communicate(timeout=30)
             assert server.returncode == 0 and out.strip().endswith("stopped"), out
+
+
+def _check_charts(browser, live_id, short):
+    """The live page's charts: ticks, gridlines and titles, both runs, eval points, the sticky legend."""
+    wait_for(browser, "hftrainReport.state().charts.indexOf('eval_loss') >= 0", timeout=60)
+    charts = {c["key"]: c for c in browser.js(CHART_FACTS)}
+    for key in ("loss", "learning_rate", "eval_loss", "sys/cpu_percent"):
+        chart = charts[key]
+        assert chart["xticks"] >= 3 and chart["yticks"] >= 3 and chart["xgrid"] and chart["ytitle"], chart
+        assert live_id in {t["run"] for t in chart["traces"]} and chart["xtitle"] == "step", chart
+    assert {t["run"] for t in charts["loss"]["traces"]} == {live_id, short}
+    assert browser.js("getComputedStyle(document.getElementById('bar')).position") == "sticky"
+
+
+def _check_refusals(url):
+    """It answers this machine's names only, only its two paths, and bad input with 400."""
+    port = url.rsplit(":", 1)[1].rstrip("/")
+    assert _request(url, host=f"evil.example:{port}")[0] == 403
+    assert _request(url + "api/update", data=b"{}", host=f"evil.example:{port}")[0] == 404
+    assert _request(url + "../../etc/passwd")[0] == 404
+    status, body = _request(url + "api/update", data=json.dumps({"known": {"x": {"loss": "y"}}}).encode())
+    assert status == 200 and {r["name"] for r in json.loads(body)["runs"]} == {"training-now", "short-20"}
+    assert _request(url + "api/update", data=b"not json")[0] == 400
 
 
 def test_read_only_store_cannot_write(tmp_path):
