@@ -7,12 +7,12 @@ dataset (`prompt`, `chosen`, `rejected`) work the same way; LoRA/QLoRA with `--u
 adapter-disabled base, no second copy).
 
 Usage:
-    accelerate launch recipes/dpo.py
-    accelerate launch recipes/dpo.py --config recipes/configs/dpo_default.yaml --max_steps 50
-    accelerate launch --config_file accelerate_configs/cpu_ddp.yaml recipes/dpo.py
-    accelerate launch --config_file accelerate_configs/single_gpu.yaml recipes/dpo.py \
+    python recipes/dpo.py
+    python recipes/dpo.py --config recipes/configs/dpo_default.yaml --max_steps 50
+    python -m hftrain.launch --config_file accelerate_configs/cpu_ddp.yaml recipes/dpo.py
+    python -m hftrain.launch --config_file accelerate_configs/single_gpu.yaml recipes/dpo.py \
         --config recipes/configs/dpo_qwen2.5-0.5b_lora.yaml
-    accelerate launch --config_file accelerate_configs/deepspeed_zero3.yaml recipes/dpo.py \
+    python -m hftrain.launch --config_file accelerate_configs/deepspeed_zero3.yaml recipes/dpo.py \
         --config recipes/configs/dpo_qwen2.5-0.5b_full.yaml --global_batch_size 64
 
 The run resumes from the newest complete checkpoint in `output_dir` unless `--auto_resume false` is given;

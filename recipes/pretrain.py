@@ -6,12 +6,12 @@ perplexity. `--model_name_or_path` names a config to build from (its weights are
 `Qwen/Qwen2.5-0.5B`; `--dataset_name` any dataset with a `text` column (or `--text_column`).
 
 Usage:
-    accelerate launch recipes/pretrain.py
-    accelerate launch recipes/pretrain.py --config recipes/configs/pretrain_default.yaml --max_steps 100
-    accelerate launch --config_file accelerate_configs/cpu_ddp.yaml recipes/pretrain.py
-    accelerate launch --config_file accelerate_configs/multi_gpu.yaml recipes/pretrain.py \
+    python recipes/pretrain.py
+    python recipes/pretrain.py --config recipes/configs/pretrain_default.yaml --max_steps 100
+    python -m hftrain.launch --config_file accelerate_configs/cpu_ddp.yaml recipes/pretrain.py
+    python -m hftrain.launch --config_file accelerate_configs/multi_gpu.yaml recipes/pretrain.py \
         --config recipes/configs/pretrain_qwen2.5-0.5b-arch.yaml
-    accelerate launch --config_file accelerate_configs/fsdp.yaml recipes/pretrain.py \
+    python -m hftrain.launch --config_file accelerate_configs/fsdp.yaml recipes/pretrain.py \
         --config recipes/configs/pretrain_qwen2.5-0.5b-arch.yaml --global_batch_size 256
 
 Text is tokenised, joined with EOS between documents and cut into blocks of `block_size` tokens. The run resumes

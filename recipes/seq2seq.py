@@ -6,12 +6,12 @@ encoder-decoder on the Hub (`google-t5/t5-small`, `google/flan-t5-base`, ...) an
 same way: name the input and output columns with `--source_column` / `--target_column`.
 
 Usage:
-    accelerate launch recipes/seq2seq.py
-    accelerate launch recipes/seq2seq.py --config recipes/configs/seq2seq_default.yaml --max_steps 100
-    accelerate launch --config_file accelerate_configs/cpu_ddp.yaml recipes/seq2seq.py
-    accelerate launch --config_file accelerate_configs/single_gpu.yaml recipes/seq2seq.py \
+    python recipes/seq2seq.py
+    python recipes/seq2seq.py --config recipes/configs/seq2seq_default.yaml --max_steps 100
+    python -m hftrain.launch --config_file accelerate_configs/cpu_ddp.yaml recipes/seq2seq.py
+    python -m hftrain.launch --config_file accelerate_configs/single_gpu.yaml recipes/seq2seq.py \
         --config recipes/configs/seq2seq_t5-small_full.yaml
-    accelerate launch --config_file accelerate_configs/multi_gpu.yaml recipes/seq2seq.py \
+    python -m hftrain.launch --config_file accelerate_configs/multi_gpu.yaml recipes/seq2seq.py \
         --config recipes/configs/seq2seq_t5-small_lora.yaml
 
 The run resumes from the newest complete checkpoint in `output_dir` unless `--auto_resume false` is given;

@@ -6,10 +6,10 @@ train for real; every field of `SFTConfig`, `ScriptArguments` and `ModelArgument
 overridden on the command line.
 
 Usage:
-    accelerate launch recipes/sft.py
-    accelerate launch recipes/sft.py --config recipes/configs/sft_default.yaml --max_steps 200
-    accelerate launch --config_file accelerate_configs/cpu_ddp.yaml recipes/sft.py
-    accelerate launch recipes/sft.py --model_name_or_path Qwen/Qwen2.5-0.5B --dataset_name trl-lib/Capybara \
+    python recipes/sft.py
+    python recipes/sft.py --config recipes/configs/sft_default.yaml --max_steps 200
+    python -m hftrain.launch --config_file accelerate_configs/cpu_ddp.yaml recipes/sft.py
+    python recipes/sft.py --model_name_or_path Qwen/Qwen2.5-0.5B --dataset_name trl-lib/Capybara \
         --output_dir outputs/qwen-sft
 
 Dataset columns: `messages` (conversations), `prompt` + `completion`, or `text`. The run resumes from the newest
