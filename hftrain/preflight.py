@@ -171,8 +171,8 @@ def check_report_to(args: Any) -> None:
             raise ConfigError(f"report_to: unknown integration {name!r}{close}; known: {', '.join(known)}, none, all")
         if name not in available:
             raise ConfigError(
-                f"report_to: {name!r} is known, but its package is not installed (pip install {name}); "
-                "or use report_to none"
+                f"report_to: {name!r} is not available here: transformers finds no usable {name} package (not "
+                f"installed, or turned off by its environment variable); pip install {name}, or use report_to none"
             )
 
 

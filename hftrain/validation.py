@@ -300,9 +300,11 @@ def _json_lines(lines: Iterable[tuple[int, str]], path: str, name: str) -> Itera
         if not line.strip():
             continue
         try:
-            yield number, json.loads(line)
-        except ValueError as exc:
-            raise DataError(f"{name}: {path} line {number} is not valid JSON ({exc})") from exc
+            yield number, json.loads(line.rstrip("\r\n"))
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"{name}: {path} line {number} is not valid JSON ({exc.msg} at column {exc.colno})"
+            ) from exc
 
 
 def _check_json_rows(path: str, rows: Iterable[tuple[int, Any]], formats: list, name: str) -> None:

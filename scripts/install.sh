@@ -13,7 +13,9 @@ TORCH_REQ="${HFTRAIN_TORCH:-torch==2.13.0}"
 if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   "$PY" -m pip install --quiet "$TORCH_REQ"
 fi
-if [ -n "$EXTRAS" ]; then
+if "$PY" scripts/installed.py "$EXTRAS"; then
+  :  # this checkout and all it needs are installed already: no pip, no network
+elif [ -n "$EXTRAS" ]; then
   "$PY" -m pip install --quiet -e ".[${EXTRAS}]"
 else
   "$PY" -m pip install --quiet -e .

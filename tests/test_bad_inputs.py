@@ -95,12 +95,10 @@ def previous_run(out: Path) -> None:
         (checkpoint / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
 
 
-@pytest.fixture(scope="module")
-def tracker_template(tmp_path_factory) -> Path:
-    """A tracker database holding one finished run (copied into every case)."""
+def make_tracker_database(path: Path) -> Path:
+    """A tracker database holding one finished run."""
     from hftrain.tracking.store import TrackerStore
 
-    path = tmp_path_factory.mktemp("tracker") / "runs.db"
     with TrackerStore(str(path)) as store:
         run = store.create_run("default", "earlier-run", params={"args.learning_rate": 1e-3})
         store.log_metrics(run, 1, {"loss": 2.0})
@@ -108,23 +106,31 @@ def tracker_template(tmp_path_factory) -> Path:
     return path
 
 
+def build_world(tmp: Path, tracker_database: Path, monkeypatch) -> Path:
+    """The data files, a previous run's output_dir (`prev`) and a copy of `tracker_database` in `tmp`; cwd there."""
+    for name, content in FILES.items():
+        (tmp / name).write_bytes(content)
+    for folder in ("emptydir", "configdir", "modeldir"):
+        (tmp / folder).mkdir()
+    (tmp / "modeldir" / "notes.txt").write_text("no model here")
+    write_parquet_with_null(tmp / "null.parquet")
+    write_csv_with_empty_text(tmp / "empty_text.csv")
+    previous_run(tmp / "prev")
+    (tmp / "tracker").mkdir()
+    shutil.copy(tracker_database, tmp / "tracker" / "runs.db")
+    monkeypatch.setenv("HFTRAIN_TRACKER_DB", str(tmp / "tracker" / "runs.db"))
+    monkeypatch.chdir(tmp)
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def tracker_template(tmp_path_factory) -> Path:
+    return make_tracker_database(tmp_path_factory.mktemp("tracker") / "runs.db")
+
+
 @pytest.fixture
 def world(tmp_path, tracker_template, monkeypatch):
-    """A folder with the data files, a previous run's output_dir (`prev`) and a tracker database; cwd is inside."""
-    for name, content in FILES.items():
-        (tmp_path / name).write_bytes(content)
-    (tmp_path / "emptydir").mkdir()
-    (tmp_path / "configdir").mkdir()
-    (tmp_path / "modeldir").mkdir()
-    (tmp_path / "modeldir" / "notes.txt").write_text("no model here")
-    write_parquet_with_null(tmp_path / "null.parquet")
-    write_csv_with_empty_text(tmp_path / "empty_text.csv")
-    previous_run(tmp_path / "prev")
-    (tmp_path / "tracker").mkdir()
-    shutil.copy(tracker_template, tmp_path / "tracker" / "runs.db")
-    monkeypatch.setenv("HFTRAIN_TRACKER_DB", str(tmp_path / "tracker" / "runs.db"))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+    return build_world(tmp_path, tracker_template, monkeypatch)
 
 
 def snapshot(root: Path) -> dict[str, Optional[str]]:
@@ -208,7 +214,7 @@ RECIPE_CASES = [
         "--report_to tensorbord",
         ("report_to: unknown integration 'tensorbord'", "tensorboard"),
     ),
-    C("report_to-missing", "sft", "--report_to {missing}", ("report_to:", "not installed")),
+    C("report_to-missing", "sft", "--report_to {missing}", ("report_to:", "is not available here")),
     C("choice", "sft", "--optimization_level turbo", ("--optimization_level", "invalid choice: 'turbo'")),
     C("holdout", "sft", "--eval_holdout 0.9", ("eval_holdout: expected a share between 0 and 0.5",)),
     C("monitor-action", "sft", "--monitor_loss_spike_action boom", ("monitor_loss_spike_action: expected one of",)),
