@@ -87,8 +87,17 @@ _PLAN: list[tuple[str, Any, tuple[str, ...], Optional[Callable[[Any], Optional[s
 ]
 _ALIASES = {
     "activation_checkpointing": {"activation_checkpointing", "gradient_checkpointing"},
+    "gradient_checkpointing": {"activation_checkpointing", "gradient_checkpointing"},
     "bf16": {"bf16", "fp16"},
 }
+
+
+def _field(args: Any, name: str) -> str:
+    """The field that holds a setting on this transformers: before `activation_checkpointing` existed (< 5.20),
+    `gradient_checkpointing` was its name."""
+    if name == "activation_checkpointing" and not hasattr(args, name) and hasattr(args, "gradient_checkpointing"):
+        return "gradient_checkpointing"
+    return name
 
 
 def _loop_refuses(args: Any, name: str) -> bool:
@@ -112,9 +121,9 @@ def _user_set(args: Any, name: str, defaults: dict[str, Any], explicit: Optional
     if explicit is not None:  # parsed from YAML/CLI: we know exactly what the user wrote
         return bool(_ALIASES.get(name, {name}) & explicit)
     # built in Python: a value different from the field's default is the user's
-    if name == "activation_checkpointing":  # its deprecated alias counts as the same setting; None means off
+    if name in ("activation_checkpointing", "gradient_checkpointing"):  # one setting, two names; None means off
         default = bool(defaults.get("activation_checkpointing") or defaults.get("gradient_checkpointing"))
-        return bool(args.activation_checkpointing or args.gradient_checkpointing) != default
+        return bool(getattr(args, "activation_checkpointing", None) or args.gradient_checkpointing) != default
     if name == "bf16":  # TRL's default is None ("decide for me"); transformers' is False
         return bool(args.bf16) or bool(getattr(args, "fp16", False))
     return getattr(args, name) != defaults.get(name)
@@ -140,6 +149,7 @@ def preset_changes(args: Any, explicit: Optional[frozenset] = None) -> tuple[dic
         raise ConfigError(f"optimization_level: expected one of {', '.join(LEVELS)}, got {level!r}")
     defaults, changes, report = _defaults(args), {}, []
     for name, value, levels, check, what in _PLAN:
+        name = _field(args, name)
         if level not in levels or not hasattr(args, name) or _loop_refuses(args, name) or name in changes:
             continue  # a field the level does not touch or the loop refuses, or an optimizer already chosen
         if _user_set(args, name, defaults, explicit):

@@ -40,9 +40,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
 TREE_BUDGET_MIB = 64  # what one device call carries: the working tree plus the wheels
 
-# Packages the GPU machine lacks, carried as wheels (Python 3.12, manylinux x86_64). Pinned to the versions
-# installed here, so the GPU runs what CI tests; the fallback pin is for a package CI does not install.
+# Packages carried as wheels (Python 3.12, manylinux x86_64): what the GPU machine lacks, plus transformers and
+# peft, whose versions there (transformers 5.17) predate what hftrain is tested with (the diffusion loop reads
+# `activation_checkpointing`, a field transformers added later). Pinned to the versions installed here, so the GPU
+# runs what CI tests, on the machine's own torch and accelerate; the fallback pin is for a package CI lacks.
 CARRIED = (
+    ("transformers", "transformers", None),
+    ("peft", "peft", None),
     ("trl", "trl", None),
     ("datasets", "datasets", None),
     ("diffusers", "diffusers", None),
@@ -57,7 +61,7 @@ CARRIED = (
 ON_IMAGE = frozenset(
     """accelerate aiohttp certifi charset-normalizer filelock fsspec hf-xet httpx huggingface-hub idna jinja2 numpy
     packaging pandas peft pillow psutil pyarrow python-dateutil pyyaml regex requests safetensors scikit-learn scipy
-    sacrebleu tokenizers torch tqdm transformers triton typing-extensions urllib3 xxhash zipp nvidia-ml-py""".split()
+    sacrebleu tokenizers torch tqdm transformers triton typer typing-extensions urllib3 xxhash zipp nvidia-ml-py""".split()
 )
 # bitsandbytes ships one CUDA library per toolkit (~40 MiB in all); the image's torch is built for CUDA 13.0.
 KEEP_BNB_CUDA = os.environ.get("HFTRAIN_GPU_CUDA", "130,132").split(",")

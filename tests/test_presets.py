@@ -151,3 +151,20 @@ def test_the_diffusion_loop_gets_only_what_it_honours():
     report = "\n".join(args.hftrain_preset_report)
     assert "Liger" not in report and "offloading" not in report and "packing" not in report
     assert args.use_liger_kernel is False and args.activation_checkpointing is True
+
+
+def test_before_activation_checkpointing_existed_the_preset_sets_gradient_checkpointing(monkeypatch):
+    """transformers < 5.20 (the GPU machine's 5.17) has no `activation_checkpointing` field: same setting, old name."""
+    from hftrain import presets
+
+    class Old:  # an arguments object of that transformers, as far as the preset reads it
+        optimization_level = "standard"
+        gradient_checkpointing = False
+        use_cpu = True
+        bf16 = False
+        optim = "adamw_torch"
+
+    monkeypatch.setattr(presets, "_defaults", lambda args: {"gradient_checkpointing": False, "optim": "adamw_torch"})
+    changes, report = presets.preset_changes(Old())
+    assert changes["gradient_checkpointing"] is True and "activation_checkpointing" not in changes
+    assert any("activation checkpointing: gradient_checkpointing=True" in line for line in report)
