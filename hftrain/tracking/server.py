@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import threading
 import urllib.parse
@@ -188,6 +189,9 @@ def make_server(app: LiveReport, host: str = "127.0.0.1", port: int = 0) -> Thre
     """An HTTP server for `app` on `host:port` (0: a free port; the bound one is `server.server_address[1]`).
     Run it with `serve_forever()`, stop it with `shutdown()` and `server_close()`."""
     handler = type("Handler", (_Handler,), {"app": app})
-    server = ThreadingHTTPServer((host, port), handler)
+    server_class = ThreadingHTTPServer
+    if ":" in host:  # an IPv6 address such as ::1
+        server_class = type("Server6", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6})
+    server = server_class((host, port), handler)
     server.daemon_threads = True
     return server
