@@ -223,15 +223,17 @@ CHART_FACTS = """(function () {
   });
 })()"""
 
-# Every text node that holds the override must be isolated: inside <bdi>, under dir=auto, or wrapped in U+2068..U+2069.
+# Every text that holds the override must sit in an isolate of its own string (<bdi>, dir=auto, or U+2068..U+2069
+# where plotly draws), which ends where that string ends: the override can turn nothing else around.
 ISOLATION = """(function () {
   var walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT), bad = [], seen = 0, node;
   while ((node = walker.nextNode())) {
     if (node.nodeValue.indexOf('\\u202e') < 0 || node.parentNode.closest('script')) continue;
     seen += 1;
-    var isolated = node.parentNode.closest('bdi, [dir=auto]');
-    var text = node.parentNode.closest('svg') ? node.parentNode.closest('text').textContent : '';
-    if (!isolated && !/\\u2068[^\\u2069]*\\u202e[^\\u2069]*\\u2069/.test(text)) bad.push(node.parentNode.outerHTML.slice(0, 200));
+    var svg = node.parentNode.closest('svg'), isolate = node.parentNode.closest('bdi, [dir=auto]');
+    var ok = svg ? /^[^\\u202e]*\\u2068[^\\u2069]*\\u202eevil\\u2069[^\\u202e]*$/.test(node.parentNode.closest('text').textContent)
+                 : !!isolate && /\\u202eevil\\u2069?$/.test(isolate.textContent);
+    if (!ok) bad.push((isolate || node.parentNode).outerHTML.slice(0, 200));
   }
   return { seen: seen, bad: bad };
 })()"""

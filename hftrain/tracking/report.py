@@ -163,7 +163,7 @@ def run_entry(store: TrackerStore, r: dict[str, Any]) -> dict[str, Any]:
         "last_step": r["last_step"],
         "max_steps": int(planned[0]) if planned and planned[0] and planned[0] > 0 else None,  # a live run's length
         "loss": _finite(loss["last_value"]) if loss else None,
-        "tags": ", ".join(f"{k}={v}" for k, v in store.tags(r["id"]).items()),
+        "tags": [[k, "" if v is None else v] for k, v in store.tags(r["id"]).items()],  # each isolated on its own
     }
 
 
