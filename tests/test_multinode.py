@@ -141,6 +141,13 @@ def test_launch_slurm_takes_an_accelerate_config_and_refuses_bad_arguments(tmp_p
         text=True,
     )
     assert missing.returncode == 2 and "recipes/nope.py not found" in missing.stderr
+    no_gpus = subprocess.run(
+        ["bash", os.path.join(REPO, "scripts", "launch.slurm"), "sft", "recipes/configs/sft_default.yaml"],
+        env={**os.environ, "SLURM_SUBMIT_DIR": REPO, "SLURM_NNODES": "2", "GPUS_PER_NODE": "0"},
+        capture_output=True,
+        text=True,
+    )
+    assert no_gpus.returncode == 2 and "no GPUs found" in no_gpus.stderr
 
 
 def test_multi_node_config_loads_with_static_rendezvous():
