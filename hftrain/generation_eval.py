@@ -7,7 +7,14 @@ runs, after the trainer's own evaluation loop and before its metrics are logged:
   `eval_generation_samples` rows; each batch is decoded, fed to the streaming metrics and dropped;
 * perplexity: one forward pass per batch over the whole prepared eval set, summing NLL and target tokens;
 * DPO: TRL's own rewards of each batch (its DPO loss path, through `hftrain.host.TrainerHost.dpo_batch_rewards`), weighted by pairs, for preference
-  accuracy, reward margin and implied KL.
+  accuracy, reward margin and implied KL;
+* KTO: each eval row's implied reward (beta x policy/reference log-ratio, TRL's fused log-probs), for the
+  desirable/undesirable reward gap and the preference accuracy over rows that share a prompt;
+* reward models (`pairwise`): the scores of each eval pair, for pairwise accuracy and mean margin.
+
+GRPO/RLOO eval rows are a prompt and a reference column (`eval_reference_column`): the metrics come from the
+policy's own greedy (or configured) completions, independent of the reward functions, and the samples file adds
+each reward function's score of those completions (TRL's own reward path, `TrainerHost.reward_scores`).
 
 Work is split into fixed batches (batch *i* holds rows `[i*B, (i+1)*B)`) and batch *i* goes to process
 `i % world_size`. A batch has the same rows and padding on any number of processes, and the metric states add up
@@ -41,6 +48,17 @@ _MODEL_COLUMNS = (
     "decoder_input_ids", "decoder_attention_mask", "position_ids", "seq_lengths",
     "prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen_logps", "ref_rejected_logps",
 )  # fmt: skip
+# The columns KTO's collator reads (TRL's reference path also scores the KL completions when it uses them).
+_KTO_COLUMNS = ("prompt_ids", "completion_ids", "KL_completion_ids", "label", "ref_logps", "ref_KL_logps")
+# Trainers that take eval metrics of their own kind, by the TRL class they derive from.
+_NO_GENERATION = {"RewardTrainer": "a reward model scores text, it does not generate; use 'pairwise'"}
+_NO_PERPLEXITY = ("DPOTrainer", "KTOTrainer", "RewardTrainer", "GRPOTrainer", "RLOOTrainer")
+_KIND_METRICS = {"dpo": "DPOTrainer", "kto": "KTOTrainer", "pairwise": "RewardTrainer"}
+
+
+def _upstream(trainer: Any) -> Optional[str]:
+    """The name of the TRL trainer `trainer` derives from (found in the MRO, so TRL is never imported here)."""
+    return next((c.__name__ for c in type(trainer).__mro__ if c.__module__.startswith("trl.")), None)
 
 
 def bound_argument(function: Any, args: tuple, kwargs: dict, name: str) -> Any:
@@ -64,13 +82,15 @@ def _message_text(value: Any) -> str:
 def example_from_row(row: dict, tokenizer: Any, settings: Any, encoder_decoder: bool) -> tuple[list[int], str, str]:
     """(prompt token ids, prompt text, reference text) for one eval row, in any supported layout.
 
-    Layouts: `prompt` + `completion` (SFT) or `prompt` + `chosen` (DPO), as strings or message lists;
+    Layouts: `prompt` + `completion` (SFT), `prompt` + `chosen` (DPO) or `prompt` + `eval_reference_column`
+    (GRPO/RLOO; default `answer`), as strings or message lists;
     `messages` (the last assistant turn is the reference); `text` split at `eval_response_template`;
     `source` + `target`; or tokenised `input_ids` + `labels` (labels != -100 are the reference).
     """
-    if "prompt" in row and ("completion" in row or "chosen" in row):
+    reference_key = next((k for k in ("completion", "chosen", _reference_column(settings)) if k in row), None)
+    if "prompt" in row and reference_key is not None:
         prompt = row["prompt"]
-        reference = _message_text(row["completion"] if "completion" in row else row["chosen"])
+        reference = _message_text(row[reference_key])
         if isinstance(prompt, list):
             text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
             return tokenizer(text, add_special_tokens=False)["input_ids"], text, reference
@@ -100,9 +120,13 @@ def example_from_row(row: dict, tokenizer: Any, settings: Any, encoder_decoder: 
         return ids, tokenizer.decode(ids, skip_special_tokens=True), reference
     raise DataError(
         f"eval_metrics: cannot find a prompt and a reference in eval columns {sorted(row)}. Expected prompt + "
-        "completion, prompt + chosen, messages, text with --eval_response_template, source + target, or "
-        "input_ids + labels."
+        f"completion, prompt + chosen, prompt + {_reference_column(settings)} (eval_reference_column), messages, "
+        "text with --eval_response_template, source + target, or input_ids + labels."
     )
+
+
+def _reference_column(settings: Any) -> str:
+    return getattr(settings, "eval_reference_column", None) or "answer"
 
 
 class GenerationEvaluator:
@@ -112,17 +136,16 @@ class GenerationEvaluator:
         self.settings = settings
         self.raw_eval_dataset = raw_eval_dataset
         names = [m for m in settings.eval_metrics]
+        self.upstream = _upstream(trainer)
         self.want_perplexity = "perplexity" in names
-        self.want_dpo = "dpo" in names
-        self.is_dpo = hasattr(trainer, "ref_model") and hasattr(trainer, "compute_ref_log_probs")
-        if self.want_perplexity and self.is_dpo:
+        self.want_kind = [m for m in _KIND_METRICS if m in names]  # dpo, kto, pairwise
+        self._check_kinds(trainer, names)
+        self.generation_names = [m for m in names if m != "perplexity" and m not in _KIND_METRICS]
+        if self.generation_names and self.upstream in _NO_GENERATION:
             raise ConfigError(
-                "eval_metrics: 'perplexity' is not available for DPOTrainer (its loss is not an NLL); "
-                "use 'dpo' for preference accuracy and implied KL"
+                f"eval_metrics: {self.generation_names} need generation; {_NO_GENERATION[self.upstream]}"
             )
-        if self.want_dpo and not self.is_dpo:
-            raise ConfigError(f"eval_metrics: 'dpo' needs a DPOTrainer, got {type(trainer).__name__}")
-        self.generation_names = [m for m in names if m not in ("perplexity", "dpo")]
+        self.reward_names = list(getattr(trainer, "reward_func_names", None) or [])  # GRPO/RLOO
         # Build once now so a bad name, import path or offline `evaluate` module fails before training starts.
         MetricSuite(self.generation_names, settings)
         self.tokenizer = _tokenizer_of(trainer.processing_class)
@@ -137,6 +160,18 @@ class GenerationEvaluator:
             if sample is not None and len(sample):
                 example_from_row(sample[0], self.tokenizer, settings, self._encoder_decoder(trainer))
         self._pending: Optional[dict] = None
+
+    def _check_kinds(self, trainer: Any, names: list) -> None:
+        if self.want_perplexity and self.upstream in _NO_PERPLEXITY:
+            raise ConfigError(
+                f"eval_metrics: 'perplexity' is not available for {self.upstream} (its loss is not an NLL of eval "
+                "targets); use 'dpo', 'kto' or 'pairwise' for preference metrics, generation metrics for GRPO/RLOO"
+            )
+        for name in self.want_kind:
+            if self.upstream != _KIND_METRICS[name]:
+                raise ConfigError(
+                    f"eval_metrics: '{name}' needs a {_KIND_METRICS[name]}, got {type(trainer).__name__}"
+                )
 
     # -- hooks called by HFTrainMixin ------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -180,8 +215,9 @@ class GenerationEvaluator:
                     values.update(self._generation_metrics(trainer, model, raw, prefix))
                 if self.want_perplexity and prepared is not None:
                     values.update(self._perplexity(trainer, model, prepared))
-                if self.want_dpo and prepared is not None:
-                    values.update(self._dpo_metrics(trainer, model, prepared))
+                if self.want_kind and prepared is not None:
+                    kind = {"dpo": self._dpo_metrics, "kto": self._kto_metrics, "pairwise": self._pairwise_metrics}
+                    values.update(kind[self.want_kind[0]](trainer, model, prepared))
         finally:
             model.train(was_training)
         return values
@@ -247,23 +283,43 @@ class GenerationEvaluator:
                 torch.manual_seed(trainer.args.seed + batch_rows.start)  # same draw for a batch on any process count
             output = model.generate(input_ids=input_ids, attention_mask=attention, **gen_kwargs)
             new_tokens = output if encoder_decoder else output[:, width:]
-            predictions = [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+            texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            predictions = [t.strip() for t in texts]
             references = [ref.strip() for _, _, ref in examples]
             sources = [src for _, src, _ in examples]
             suite.update(predictions, references, sources)
-            for index, prompt, prediction, reference in zip(batch_rows, sources, predictions, references):
+            for index, prompt, prediction, reference, text in zip(batch_rows, sources, predictions, references, texts):
                 if index < keep:
                     samples.append(
-                        {"index": index, "prompt": prompt, "generation": prediction, "reference": reference}
+                        {"index": index, "prompt": prompt, "generation": prediction, "reference": reference, "": text}
                     )
         gathered = self._gather(trainer, (suite.states(), samples))
         values: dict[str, Any] = suite.compute([states for states, _ in gathered])
         table = sorted((s for _, part in gathered for s in part), key=lambda s: s["index"])
+        self._add_reward_scores(trainer, rows, table)
         if table:
             path = self._write_samples(trainer, table, prefix)
             if path is not None:
                 values["samples_file"] = path
         return values
+
+    def _add_reward_scores(self, trainer: Any, rows: Any, table: list[dict]) -> None:
+        """Each reward function's score of the samples' completions (GRPO/RLOO), as TRL scores a rollout.
+
+        Every process holds the same gathered table and scores it together (TRL's reward path gathers)."""
+        completions = [sample.pop("") for sample in table]
+        if not self.reward_names or not table:
+            return
+        raw = [dict(row) for row in _rows(rows.select([s["index"] for s in table]), range(len(table)))]
+        prompts = [row["prompt"] for row in raw]
+        if isinstance(prompts[0], list):  # conversational: TRL scores the completion as an assistant message
+            completions = [[{"role": "assistant", "content": text}] for text in completions]
+            ids = [self.tokenizer(c[0]["content"], add_special_tokens=False)["input_ids"] for c in completions]
+        else:
+            ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
+        scores = host_of(trainer).reward_scores(raw, prompts, completions, ids)
+        for sample, row_scores in zip(table, scores):
+            sample["rewards"] = row_scores
 
     def _generation_kwargs(self, trainer: Any, tokenizer: Any, pad_id: int) -> dict[str, Any]:
         settings = self.settings
@@ -295,9 +351,9 @@ class GenerationEvaluator:
             log_samples(trainer, prefix, table, path)
         return path
 
-    def _prepared_batches(self, trainer: Any, dataset: Any) -> Iterator[dict]:
+    def _prepared_batches(self, trainer: Any, dataset: Any, wanted: tuple = _MODEL_COLUMNS) -> Iterator[dict]:
         """This process's fixed batches of the prepared eval set, collated by the trainer's own collator."""
-        columns = [c for c in dataset.column_names if c in _MODEL_COLUMNS]
+        columns = [c for c in dataset.column_names if c in wanted]
         data = dataset.select_columns(columns)
         device = trainer.accelerator.device
         for batch_rows in self._my_batches(trainer, len(data), trainer.args.per_device_eval_batch_size):
@@ -359,6 +415,65 @@ class GenerationEvaluator:
             "dpo_implied_kl": float(total["rewards"] / (2 * pairs)) / float(trainer.args.beta),
             "dpo_reward_margin": float(total["margin"] / pairs),
         }
+
+    def _kto_metrics(self, trainer: Any, model: Any, dataset: Any) -> dict[str, Any]:
+        """KTO's implied rewards of every eval row (beta x (log pi - log pi_ref) of the completion, TRL's fused
+        log-probs; the reference as TRL takes it: precomputed, `ref_model`, or the adapter-disabled policy):
+        the desirable/undesirable means and their gap, and the preference accuracy over prompts that have one
+        desirable and one undesirable row (a paired set that TRL unpaired)."""
+        rows: list[tuple] = []  # (prompt ids, label, reward)
+        reference = trainer.ref_model if trainer.ref_model is not None else model
+        data = dataset.select_columns([c for c in dataset.column_names if c in _KTO_COLUMNS])
+        device = trainer.accelerator.device
+        for batch_rows in self._my_batches(trainer, len(data), trainer.args.per_device_eval_batch_size):
+            examples = _rows(data, batch_rows)
+            batch = {
+                k: v.to(device) if isinstance(v, torch.Tensor) else v
+                for k, v in trainer.data_collator(examples).items()
+            }
+            labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+            forward = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels,
+                            fused_lm_head=True)  # fmt: skip
+            policy = forward.log_probs[:, -(labels.size(1) - 1) :].sum(-1)
+            ref = batch["ref_logps"] if "ref_logps" in batch else trainer.compute_ref_log_probs(reference, batch)[0]
+            rewards = (float(trainer.args.beta) * (policy - ref.to(policy.device))).tolist()
+            prompts = [tuple(example["prompt_ids"]) for example in examples]
+            rows += list(zip(prompts, batch["label"].bool().tolist(), rewards))
+        rows = [row for part in self._gather(trainer, rows) for row in part]
+        return _kto_summary(rows)
+
+    def _pairwise_metrics(self, trainer: Any, model: Any, dataset: Any) -> dict[str, Any]:
+        """A reward model on every eval pair: share of pairs scored chosen > rejected, and the mean margin."""
+        state = {"pairs": 0, "hits": 0, "margin": Fraction(0)}
+        for batch in self._prepared_batches(trainer, dataset):
+            scores = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
+            chosen, rejected = scores.float().chunk(2)  # the collator stacks [chosen; rejected]
+            state["pairs"] += int(chosen.numel())
+            state["hits"] += int((chosen > rejected).sum())
+            state["margin"] += sum((Fraction(m) for m in (chosen - rejected).tolist()), Fraction(0))
+        total = merge_states(self._gather(trainer, state))
+        pairs = total["pairs"] or 1
+        return {"pairwise_accuracy": total["hits"] / pairs, "pairwise_margin": float(total["margin"] / pairs)}
+
+
+def _kto_summary(rows: list[tuple]) -> dict[str, Any]:
+    """Means per label, their gap, and the pair accuracy (ties count as misses, as DPO's accuracies do)."""
+    desirable = [reward for _, label, reward in rows if label]
+    undesirable = [reward for _, label, reward in rows if not label]
+    by_prompt: dict = {}
+    for prompt, label, reward in rows:
+        by_prompt.setdefault(prompt, {}).setdefault(label, []).append(reward)
+    pairs = [
+        (d[True][0], d[False][0]) for d in by_prompt.values() if len(d.get(True, ())) == len(d.get(False, ())) == 1
+    ]
+    values = {
+        "kto_desirable_reward": sum(desirable) / max(1, len(desirable)),
+        "kto_undesirable_reward": sum(undesirable) / max(1, len(undesirable)),
+    }
+    values["kto_reward_gap"] = values["kto_desirable_reward"] - values["kto_undesirable_reward"]
+    if pairs:
+        values["kto_preference_accuracy"] = sum(good > bad for good, bad in pairs) / len(pairs)
+    return values
 
 
 def _rows(dataset: Any, indices: range) -> list[dict]:

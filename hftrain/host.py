@@ -193,6 +193,27 @@ class TrainerHost:
             trainer._metrics = saved
         return {name: recorded[f"rewards/{name}"][-1] for name in ("chosen", "rejected", "margins", "accuracies")}
 
+    # -- TRL's GRPO/RLOO reward functions, for the samples hftrain's evaluation writes (not part of the contract) ---
+    def reward_scores(self, rows: list, prompts: list, completions: list, completion_ids: list) -> list[dict]:
+        """Each reward function's score of `completions`, computed as TRL scores a rollout: one dict per row,
+        `{reward function name: score}` (None where the function returned None).
+
+        TRL 1.16 calls the reward functions (callables with the row's columns as keyword arguments, async ones,
+        reward models with their tokenizers) only in the private `_calculate_rewards`, which then gathers the
+        scores over processes: every process must call this with the same rows, and the first `len(rows)` are
+        this call's. What reward functions log meanwhile (`log_extra`, `log_metric`) is kept out of TRL's logs.
+        """
+        trainer = self.trainer
+        saved = trainer._pending_extra_logs, trainer._pending_metrics
+        trainer._pending_extra_logs = collections.defaultdict(list)
+        trainer._pending_metrics = collections.defaultdict(list)
+        try:
+            scores = trainer._calculate_rewards(rows, prompts, completions, completion_ids)[: len(rows)]
+        finally:
+            trainer._pending_extra_logs, trainer._pending_metrics = saved
+        names = trainer.reward_func_names
+        return [{n: (None if v != v else v) for n, v in zip(names, row)} for row in scores.tolist()]
+
     def batch_geometry(self) -> BatchGeometry:
         trainer = self.trainer
         per_device = getattr(trainer, "_train_batch_size", None) or trainer.args.per_device_train_batch_size

@@ -195,7 +195,11 @@ Best checkpoint{% if best_step is not none %} (step {{ best_step }}){% endif %}:
 
 {{ settings_table }}
 
-## Curriculum
+{% if rewards %}## Rewards and task metrics
+
+{{ rewards }}
+
+{% endif %}## Curriculum
 
 {{ curriculum }}
 
@@ -290,7 +294,9 @@ def write_model_card(
             "(parameters, system, git state, metric summary)."
         )
     loader = (
-        "peft import AutoPeftModelForCausalLM as Auto"
+        "transformers import AutoModelForSequenceClassification as Auto"
+        if task == "text-classification"
+        else "peft import AutoPeftModelForCausalLM as Auto"
         if is_peft and task == "text-generation"
         else "transformers import AutoModelForSeq2SeqLM as Auto"
         if task == "text2text-generation"
@@ -318,6 +324,7 @@ def write_model_card(
         else "No evaluation during training.",
         best_step=best_step,
         settings_table=_table([[k, _fmt(v)] for k, v in _settings(args, model_args).items()], ["argument", "value"]),
+        rewards=_rewards_text(trainer),
         curriculum=curriculum_text,
         history=history,
         usage=usage,
@@ -325,6 +332,26 @@ def write_model_card(
     path = os.path.join(output_dir, "README.md")
     card.save(path)
     return path
+
+
+def _rewards_text(trainer: Any) -> str:
+    """RL runs (GRPO, RLOO): the reward functions with their weights, and the task metrics measured apart from
+    them (greedy completions against `eval_reference_column`) that the reward-hacking check compares. Else ''."""
+    names = list(getattr(trainer, "reward_func_names", None) or [])
+    if not names:
+        return ""
+    args = trainer.args
+    weights = getattr(args, "reward_weights", None) or [1.0] * len(names)
+    rows = [[f"reward: `{name}`", _fmt(weight)] for name, weight in zip(names, weights)]
+    metrics = [m if isinstance(m, str) else getattr(m, "__name__", repr(m)) for m in getattr(args, "eval_metrics", [])]
+    task = getattr(args, "monitor_task_metric", None) or args.metric_for_best_model or "the first generation metric"
+    rows += [
+        ["task metrics (eval, independent of the rewards)", ", ".join(f"`{m}`" for m in metrics) or "none"],
+        ["reference column", f"`{getattr(args, 'eval_reference_column', 'answer')}`"],
+        ["reward-hacking check: task metric", f"`{task}`"],
+        ["reward-hacking check: evaluations", _fmt(getattr(args, "monitor_reward_hacking_evals", 0) or "off")],
+    ]
+    return _table(rows, ["reward function or metric", "weight / value"])
 
 
 # -- push ----------------------------------------------------------------------------------------------------

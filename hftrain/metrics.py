@@ -8,9 +8,9 @@ for per-example scores), so
 
 Built-in names (`available_metrics()`): `bleu`, `chrf` (sacrebleu), `rouge1`, `rouge2`, `rougeL`, `rougeLsum`
 (rouge-score), `exact_match`, `numeric_match`, `sections` (structured outputs), `perplexity` (token-weighted) and,
-for DPO, `dpo` (preference accuracy and implied KL). Users add their own with `register_metric`, by passing a
-callable `(predictions, references, sources) -> dict`, or by import path (`package.module:function`); any other
-name is tried as an `evaluate` module (which needs the Hugging Face Hub at run time).
+for DPO, `dpo` (preference accuracy and implied KL), for KTO, `kto` (reward gap), for reward models, `pairwise`.
+Users add their own with `register_metric`, by passing a callable `(predictions, references, sources) -> dict`, or
+by import path (`package.module:function`); any other name is tried as an `evaluate` module (which needs the Hugging Face Hub at run time).
 """
 
 from __future__ import annotations
@@ -344,7 +344,7 @@ _REGISTRY: dict[str, Callable[[Any], StreamingMetric]] = {
 }
 
 # Names computed without generation (by hftrain.generation_eval from forward passes).
-GENERATION_FREE_METRICS = ("perplexity", "dpo")
+GENERATION_FREE_METRICS = ("perplexity", "dpo", "kto", "pairwise")
 
 
 def register_metric(name: str, factory: Callable[[Any], StreamingMetric]) -> None:

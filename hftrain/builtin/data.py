@@ -1,6 +1,7 @@
 """Bundled datasets, generated deterministically from a seed (no download, same rows on every machine).
 
-* arithmetic: `prompt`/`completion` pairs such as `"23+45="` → `"68"`, with a `difficulty` column (1-4);
+* arithmetic: `prompt`/`completion` pairs such as `"23+45="` → `"68"`, with a `difficulty` column (1-4), or
+  `prompt`/`answer` for RL trainers (GRPO drops a column named `completion` before its reward functions see it);
 * preferences built from them: `chosen` is the right answer, `rejected` a plausible wrong one;
 * number spelling (text-to-text): `"spell: 407"` → `"four hundred seven"`.
 
@@ -16,7 +17,7 @@ from datasets import Dataset
 
 __all__ = ["arithmetic_splits", "preference_splits", "number_spelling_splits", "spell_number", "FORMATS"]
 
-FORMATS = ("prompt_completion", "messages", "text")
+FORMATS = ("prompt_completion", "prompt_answer", "messages", "text")
 
 
 def _arithmetic_question(rng: random.Random, difficulty: int) -> tuple[str, str]:
@@ -58,6 +59,10 @@ def _arithmetic_row(rng: random.Random) -> dict:
 def _format(rows: list[dict], fmt: str) -> Dataset:
     if fmt == "prompt_completion":
         return Dataset.from_list(rows)
+    if fmt == "prompt_answer":
+        return Dataset.from_list(
+            [{"prompt": r["prompt"], "answer": r["completion"], "difficulty": r["difficulty"]} for r in rows]
+        )
     if fmt == "messages":
         return Dataset.from_list(
             [
@@ -83,8 +88,9 @@ def arithmetic_splits(
 ) -> tuple[Dataset, Dataset]:
     """Arithmetic questions with a `difficulty` column (1 = one-digit sums … 4 = two-digit differences).
 
-    `fmt` picks the layout: `prompt_completion` (`prompt`, `completion`), `messages` (a user/assistant
-    conversation) or `text` (`"23+45=68"`, for pretraining). Eval questions never appear in train.
+    `fmt` picks the layout: `prompt_completion` (`prompt`, `completion`), `prompt_answer` (`prompt`, `answer`: the
+    prompts and references of GRPO/RLOO), `messages` (a user/assistant conversation) or `text` (`"23+45=68"`, for
+    pretraining). Eval questions never appear in train.
     """
     if fmt not in FORMATS:
         raise ValueError(f"format: expected one of {', '.join(FORMATS)}, got {fmt!r}")

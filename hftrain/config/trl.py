@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import trl
 from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
 
+from ..errors import ConfigError
 from .groups import HFTrainArguments
 
 __all__ = ["DPOConfig", "GRPOConfig", "KTOConfig", "RLOOConfig", "RewardConfig", "SFTConfig"]
@@ -27,6 +28,19 @@ class _TRLConfigMixin:
         super().__post_init__()
 
 
+class _RolloutGroupsMixin:
+    """GRPO and RLOO sample prompts with their own sampler (each prompt repeated `num_generations` times in one
+    batch, so the rewards of a group can be compared); a curriculum sampler would break the groups."""
+
+    def validate_hftrain(self) -> None:
+        super().validate_hftrain()
+        if self.curriculum_on():
+            raise ConfigError(
+                f"curriculum: not available for {type(self).__name__.removesuffix('Config')} (its sampler repeats "
+                "each prompt num_generations times in one batch); order the prompts in the dataset instead"
+            )
+
+
 @dataclass
 class SFTConfig(_TRLConfigMixin, HFTrainArguments, trl.SFTConfig):
     """`trl.SFTConfig` plus hftrain's fields (keyword-only). `bf16` defaults to True only where it can run."""
@@ -38,12 +52,12 @@ class DPOConfig(_TRLConfigMixin, HFTrainArguments, trl.DPOConfig):
 
 
 @dataclass
-class GRPOConfig(_TRLConfigMixin, HFTrainArguments, trl.GRPOConfig):
+class GRPOConfig(_RolloutGroupsMixin, _TRLConfigMixin, HFTrainArguments, trl.GRPOConfig):
     """`trl.GRPOConfig` plus hftrain's fields (keyword-only). `bf16` defaults to True only where it can run."""
 
 
 @dataclass
-class RLOOConfig(_TRLConfigMixin, HFTrainArguments, trl.RLOOConfig):
+class RLOOConfig(_RolloutGroupsMixin, _TRLConfigMixin, HFTrainArguments, trl.RLOOConfig):
     """`trl.RLOOConfig` plus hftrain's fields (keyword-only). `bf16` defaults to True only where it can run."""
 
 

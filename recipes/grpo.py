@@ -1,0 +1,182 @@
+"""Reinforcement learning from a verifiable reward (GRPO) with hftrain's `GRPOTrainer`.
+
+With no arguments it starts from the SFT recipe's output (`outputs/sft-default`, when `recipes/sft.py` has run), or
+else from a short SFT warm-up of the embedded tiny Llama, and trains on the bundled arithmetic prompts with two
+rewards: `answer_reward` (1 for exactly the right answer) and `format_reward` (0.1 for a plain number). Every
+evaluation measures held-out exact match from the policy's own greedy completions, apart from the rewards, so the
+best checkpoint is picked by the task and the monitor flags reward hacking (the reward rising while exact match
+falls). Prints held-out exact match before and after. Offline, CPU.
+
+Usage:
+    accelerate launch recipes/grpo.py
+    accelerate launch recipes/grpo.py --config recipes/configs/grpo_default.yaml --max_steps 100
+    accelerate launch --config_file accelerate_configs/cpu_ddp.yaml recipes/grpo.py
+    accelerate launch recipes/grpo.py --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct --dataset_name DATA \
+        --reward_funcs mypkg.rewards:accuracy --eval_reference_column solution --output_dir outputs/qwen-grpo
+
+Dataset columns: `prompt` (text or messages) and the reference answer in `eval_reference_column` (default
+`answer`; GRPO drops a column named `completion` before the reward functions see it). Reward functions get every
+column as a keyword list. The run resumes from the newest complete checkpoint unless `--auto_resume false`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from hftrain import ConfigError, GRPOConfig, GRPOTrainer, ModelArguments, ScriptArguments, SFTConfig, SFTTrainer
+from hftrain.builtin import arithmetic_splits
+from hftrain.recipe_utils import (
+    find_resume_checkpoint,
+    finish_run,
+    greedy_exact_match,
+    is_main_process,
+    load_causal_lm,
+    load_dataset_splits,
+    load_tokenizer,
+    parse_recipe_args,
+    require_columns,
+    run_main,
+    start_run,
+    train_with_resume,
+)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CONFIG = os.path.join(HERE, "configs", "grpo_default.yaml")
+REWARDS = "hftrain.builtin.rewards"
+
+
+@dataclass
+class GRPOScriptArguments:
+    """Where the default GRPO run starts, and what it is rewarded for."""
+
+    sft_output_dir: str = field(
+        default="outputs/sft-default",
+        metadata={"help": "Without `model_name_or_path`: start from this SFT output when it holds a model."},
+    )
+    sft_warmup_steps: int = field(
+        default=500,
+        metadata={"help": "Otherwise: SFT steps on the training questions before GRPO (embedded model only)."},
+    )
+    reward_funcs: list[str] = field(
+        default_factory=lambda: [f"{REWARDS}:answer_reward", f"{REWARDS}:format_reward"],
+        metadata={"help": "Reward functions by import path `module:function`; their scores are summed."},
+    )
+
+
+def parse_args(argv: Optional[list[str]] = None):
+    """The recipe's arguments; with no `--config`, the bundled default config is the base."""
+    return parse_recipe_args(argv, (ScriptArguments, GRPOConfig, ModelArguments, GRPOScriptArguments), DEFAULT_CONFIG)
+
+
+def load_reward(path: str):
+    """A reward function from `module:function` (or `module.function`)."""
+    module, sep, name = path.partition(":") if ":" in path else path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"reward_funcs: cannot import {path!r} ({type(exc).__name__}: {exc})") from exc
+
+
+def starting_model_path(model_args, grpo_args) -> Optional[str]:
+    """The SFT recipe's output directory when the default run should start from it, else None."""
+    path = grpo_args.sft_output_dir
+    if model_args.model_name_or_path or not path:
+        return None
+    has_weights = any(os.path.isfile(os.path.join(path, n)) for n in ("model.safetensors", "pytorch_model.bin"))
+    return path if has_weights and os.path.isfile(os.path.join(path, "config.json")) else None
+
+
+def warm_up(model, tokenizer, train_dataset, steps: int, training_args):
+    """A short SFT of the embedded model on the training questions (raw `23+45=` prompts), saved to
+    `output_dir/sft-warmup`: GRPO needs a policy that is sometimes right (a group whose answers all score 0 teaches
+    nothing)."""
+    args = SFTConfig(
+        output_dir=os.path.join(training_args.output_dir, "sft-warmup"), max_steps=steps, learning_rate=1e-3,
+        per_device_train_batch_size=64, lr_scheduler_type="constant_with_warmup", warmup_steps=50, max_length=32,
+        logging_steps=100, save_strategy="no", report_to="none", tracker=False, seed=training_args.seed,
+        use_cpu=training_args.use_cpu, bf16=False, gradient_checkpointing=False, disable_tqdm=True,
+    )  # fmt: skip
+    data = train_dataset.rename_column(training_args.eval_reference_column, "completion")
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    trainer.train()
+    trainer.save_model(args.output_dir)  # kept: `--sft_output_dir <output_dir>/sft-warmup` starts from it again
+    return model
+
+
+def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
+    """Run the recipe; `callbacks` (e.g. `hftrain tune`'s per-trial pruning callback) are added to the trainer."""
+    # 1. Arguments: YAML, then command-line overrides; bad keys, types or reward paths fail here, before any writing.
+    script_args, training_args, model_args, grpo_args = parse_args(argv)
+    reward_funcs = [load_reward(path) for path in grpo_args.reward_funcs]
+    push_target = start_run(training_args, model_args)
+
+    # 2. Data: the bundled arithmetic prompts with their answers, or any dataset with a prompt and a reference.
+    train_dataset, eval_dataset = load_dataset_splits(
+        script_args,
+        bundled=lambda: arithmetic_splits(
+            script_args.bundled_train_size, script_args.bundled_eval_size, seed=0, fmt="prompt_answer"
+        ),
+        seed=training_args.seed,
+    )
+    reference = training_args.eval_reference_column
+    require_columns(train_dataset, [("prompt",)], "dataset_name")
+    if eval_dataset is not None:
+        require_columns(eval_dataset, [("prompt", reference)], "dataset_test_split")
+
+    # 3. Model: the SFT recipe's output, else the embedded tiny Llama after a short SFT warm-up, or any Hub model.
+    sft_path = starting_model_path(model_args, grpo_args)
+    if sft_path is not None:
+        model_args.model_name_or_path = sft_path
+        if is_main_process():
+            print(f"[hftrain] starting from the SFT recipe's output: {os.path.abspath(sft_path)}")
+    tokenizer = load_tokenizer(model_args)
+    model = load_causal_lm(model_args, tokenizer)
+    checkpoint = find_resume_checkpoint(training_args, model)
+    if not model_args.model_name_or_path and checkpoint is None and grpo_args.sft_warmup_steps:
+        if is_main_process():
+            print(
+                f"[hftrain] no SFT output at {grpo_args.sft_output_dir!r}: {grpo_args.sft_warmup_steps} SFT steps first"
+            )
+        model = warm_up(model, tokenizer, train_dataset, grpo_args.sft_warmup_steps, training_args)
+
+    # 4. Trainer: hftrain's GRPOTrainer is trl.GRPOTrainer plus task metrics at every evaluation and the monitor.
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+
+    prompts, answers = (None, None) if eval_dataset is None else (eval_dataset["prompt"], eval_dataset[reference])
+    if prompts is not None and isinstance(prompts[0], str) and checkpoint is None:
+        before = greedy_exact_match(trainer.model, tokenizer, prompts, answers)
+        if is_main_process():
+            print(f"[hftrain] held-out exact match before GRPO: {before:.1%} ({len(prompts)} questions)")
+
+    # 5. Train (resuming when a checkpoint exists).
+    train_with_resume(trainer, checkpoint)
+
+    # 6-7. Save, evaluate, card (with the reward functions and task metrics), push, and say where everything is.
+    metrics = finish_run(
+        trainer,
+        model_args=model_args,
+        recipe="grpo",
+        dataset=script_args.dataset_name or "arithmetic",
+        task="text-generation",
+        push_target=push_target,
+    )
+    if prompts is not None and isinstance(prompts[0], str):
+        after = greedy_exact_match(trainer.model, tokenizer, prompts, answers)
+        if is_main_process():
+            print(f"[hftrain] held-out exact match after GRPO: {after:.1%} ({len(prompts)} questions)")
+    return trainer, metrics
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,177 @@
+"""GRPO, RLOO, KTO and reward-model trainers: task metrics apart from the rewards, preference metrics, and every
+hftrain feature (tracker, monitor, signals, safe resume, curriculum where it applies) on tiny models.
+
+The drop-in equality with upstream (same losses, same weights) is in tests/test_dropin.py.
+"""
+
+import copy
+import json
+import os
+import sqlite3
+
+import pytest
+import torch
+
+import hftrain
+from hftrain.builtin import (
+    answer_reward,
+    arithmetic_splits,
+    build_tiny_causal_lm,
+    build_tiny_reward_model,
+    build_tokenizer,
+    format_reward,
+    preference_splits,
+)
+from hftrain.errors import ConfigError
+
+RL = {"GRPO": (hftrain.GRPOTrainer, hftrain.GRPOConfig), "RLOO": (hftrain.RLOOTrainer, hftrain.RLOOConfig)}
+COMMON = dict(bf16=False, gradient_checkpointing=False, report_to="none", seed=3, disable_tqdm=True, logging_steps=1)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer()
+
+
+def _greedy(model, tokenizer, prompts, max_new_tokens=4):
+    """The model's own greedy completions (stripped), as hftrain's evaluation generates them."""
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    batch = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0)
+    tokenizer.padding_side = side
+    return [t.strip() for t in tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)]
+
+
+def _rl_trainer(kind, tokenizer, tmp_path, model=None, evaluation=None, reward_funcs=None, **overrides):
+    trainer_cls, config_cls = RL[kind]
+    train, held_out = arithmetic_splits(32, 8, seed=1, fmt="prompt_answer")
+    evaluation = held_out if evaluation is None else evaluation
+    settings = dict(
+        COMMON, max_steps=2, per_device_train_batch_size=8, num_generations=4, max_completion_length=4,
+        learning_rate=1e-3, beta=0.0, eval_strategy="steps", eval_steps=2, per_device_eval_batch_size=8,
+        num_generations_eval=2, eval_metrics=["exact_match", "numeric_match"], eval_max_new_tokens=4,
+        eval_generation_samples=0, eval_log_samples=8, save_strategy="no",
+    )  # fmt: skip
+    settings.update(overrides)
+    args = config_cls(output_dir=str(tmp_path / kind), **settings)
+    model = model if model is not None else build_tiny_causal_lm(tokenizer, hidden_size=32)
+    rewards = reward_funcs if reward_funcs is not None else [answer_reward, format_reward]
+    return trainer_cls(model=model, reward_funcs=rewards, args=args, train_dataset=train, eval_dataset=evaluation,
+                       processing_class=tokenizer)  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", list(RL))
+def test_rl_task_metrics_come_from_greedy_completions_not_the_rewards(kind, tokenizer, tmp_path):
+    """References set to the model's own greedy completions: exact match is 1.0 (numeric match 0: they are not
+    numbers), measured on the policy's greedy completions against the reference column, whatever TRL sampled; the
+    samples file shows prompt, completion, reference and each reward function's score of those completions."""
+    model = build_tiny_causal_lm(tokenizer, hidden_size=32)
+    _, evaluation = arithmetic_splits(32, 8, seed=1, fmt="prompt_answer")
+    greedy = _greedy(model, tokenizer, evaluation["prompt"])
+    assert all(g and not g.lstrip("-").isdigit() for g in greedy)  # a random model: neither reward pays for these
+    evaluation = evaluation.remove_columns("answer").add_column("answer", greedy)
+    trainer = _rl_trainer(kind, tokenizer, tmp_path, model=model, evaluation=evaluation)
+    metrics = trainer.evaluate()
+    assert metrics["eval_exact_match"] == 1.0 and metrics["eval_numeric_match"] == 0.0 and "eval_reward" in metrics
+    rows = [json.loads(line) for line in open(metrics["eval_samples_file"], encoding="utf-8")]
+    assert [r["generation"] for r in rows] == greedy and [r["reference"] for r in rows] == greedy
+    assert all(r["rewards"] == {"answer_reward": 1.0, "format_reward": 0.0} for r in rows)
+    assert rows[0]["prompt"] == trainer.eval_dataset[0]["prompt"]
+
+
+@pytest.mark.parametrize("kind", list(RL))
+def test_rl_training_logs_task_metrics_and_picks_the_best_checkpoint_by_them(kind, tokenizer, tmp_path):
+    trainer = _rl_trainer(kind, tokenizer, tmp_path, metric_for_best_model="eval_exact_match",
+                          save_strategy="steps", save_steps=2)  # fmt: skip
+    trainer.train()
+    evals = [h for h in trainer.state.log_history if "eval_exact_match" in h]
+    assert evals and "eval_reward" in evals[-1] and "eval_numeric_match" in evals[-1]
+    assert trainer.state.best_metric == evals[-1]["eval_exact_match"]
+    assert trainer.state.best_model_checkpoint.endswith("checkpoint-2")
+    rows = [json.loads(line) for line in open(evals[-1]["eval_samples_file"], encoding="utf-8")]
+    assert set(rows[0]) == {"step", "index", "prompt", "generation", "reference", "rewards"}
+    assert set(rows[0]["rewards"]) == {"answer_reward", "format_reward"}
+
+
+def _tracked_keys(db: str) -> set:
+    with sqlite3.connect(db) as conn:
+        return {row[0] for row in conn.execute("select name from metric_keys")}
+
+
+def test_grpo_runs_every_feature_tracker_monitor_signals_and_safe_resume(tokenizer, tmp_path):
+    """Defaults on (tracker, monitor, signals, checkpoint markers): the run is tracked with its rewards and task
+    metrics; a run resumed from checkpoint-2 ends with the uninterrupted run's weights."""
+    names = {type(cb).__name__ for cb in _rl_trainer("GRPO", tokenizer, tmp_path).callback_handler.callbacks}
+    assert {"MonitorCallback", "SignalCallback", "CheckpointMarkerCallback", "TrackerCallback"} <= names
+    common = dict(save_strategy="steps", save_steps=2, eval_steps=4, lr_scheduler_type="constant")
+    full = _rl_trainer("GRPO", tokenizer, tmp_path / "full", max_steps=4, **common)
+    full.train()
+    keys = _tracked_keys(os.environ["HFTRAIN_TRACKER_DB"])
+    assert {"reward", "rewards/answer_reward/mean", "eval_exact_match", "eval_reward"} <= keys
+    _rl_trainer("GRPO", tokenizer, tmp_path / "cut", max_steps=2, **common).train()  # stops after checkpoint-2
+    resumed = _rl_trainer("GRPO", tokenizer, tmp_path / "cut", max_steps=4, **common)
+    resumed.train(resume_from_checkpoint=True)
+    for name, tensor in full.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+
+
+@pytest.mark.parametrize("kind", list(RL))
+def test_rl_curriculum_is_refused_with_the_reason(kind, tmp_path):
+    with pytest.raises(ConfigError, match="repeats each prompt"):
+        RL[kind][1](output_dir=str(tmp_path), curriculum="column", curriculum_column="difficulty", **COMMON)
+
+
+def _kto_trainer(tokenizer, tmp_path, **overrides):
+    train, evaluation = preference_splits(32, 6, seed=1)
+    model = build_tiny_causal_lm(tokenizer, hidden_size=32)
+    settings = dict(COMMON, max_steps=4, per_device_train_batch_size=4, learning_rate=1e-3, max_length=32,
+                    eval_strategy="steps", eval_steps=4, per_device_eval_batch_size=16, eval_metrics=["kto"])  # fmt: skip
+    settings.update(overrides)
+    args = hftrain.KTOConfig(output_dir=str(tmp_path / "kto"), **settings)
+    return hftrain.KTOTrainer(model, copy.deepcopy(model), args, train_dataset=train, eval_dataset=evaluation,
+                              processing_class=tokenizer)  # fmt: skip
+
+
+def test_kto_reward_gap_and_preference_accuracy_match_trl(tokenizer, tmp_path):
+    """One eval batch holds all 12 rows, so TRL's batch means are the exact means hftrain computes per row."""
+    trainer = _kto_trainer(tokenizer, tmp_path, curriculum="column", curriculum_column="difficulty")
+    trainer.train()
+    metrics = trainer.evaluate()
+    assert metrics["eval_kto_desirable_reward"] == pytest.approx(metrics["eval_rewards/chosen"], abs=1e-5)
+    assert metrics["eval_kto_undesirable_reward"] == pytest.approx(metrics["eval_rewards/rejected"], abs=1e-5)
+    assert metrics["eval_kto_reward_gap"] == pytest.approx(metrics["eval_rewards/margins"], abs=1e-5)
+    assert 0.0 <= metrics["eval_kto_preference_accuracy"] <= 1.0
+    assert metrics["eval_kto_reward_gap"] != 0.0  # trained away from the reference
+    assert any("curriculum/open_share" in h for h in trainer.state.log_history)
+
+
+def test_reward_model_pairwise_accuracy_and_margin(tokenizer, tmp_path):
+    train, evaluation = preference_splits(32, 6, seed=1)
+    args = hftrain.RewardConfig(output_dir=str(tmp_path / "rm"), max_steps=4, per_device_train_batch_size=4,
+                                learning_rate=1e-3, max_length=32, eval_strategy="steps", eval_steps=4,
+                                per_device_eval_batch_size=16, eval_metrics=["pairwise"], curriculum="column",
+                                curriculum_column="difficulty", **COMMON)  # fmt: skip
+    trainer = hftrain.RewardTrainer(build_tiny_reward_model(tokenizer, hidden_size=32), args, train_dataset=train,
+                                    eval_dataset=evaluation, processing_class=tokenizer)  # fmt: skip
+    trainer.train()
+    metrics = trainer.evaluate()
+    assert metrics["eval_pairwise_accuracy"] == pytest.approx(metrics["eval_accuracy"], abs=1e-6)
+    assert metrics["eval_pairwise_margin"] == pytest.approx(metrics["eval_margin"], abs=1e-5)
+    assert any("curriculum/open_share" in h for h in trainer.state.log_history)
+
+
+@pytest.mark.parametrize(
+    ("metric", "trainer_name"),
+    [("kto", "GRPO"), ("pairwise", "GRPO"), ("perplexity", "GRPO"), ("exact_match", "Reward")],
+)
+def test_metrics_of_another_trainer_kind_are_refused(metric, trainer_name, tokenizer, tmp_path):
+    if trainer_name == "GRPO":
+        with pytest.raises(ConfigError, match=metric if metric != "exact_match" else "generation"):
+            _rl_trainer("GRPO", tokenizer, tmp_path, eval_metrics=[metric])
+        return
+    train, evaluation = preference_splits(8, 4, seed=1)
+    args = hftrain.RewardConfig(output_dir=str(tmp_path), eval_metrics=[metric], max_length=32, **COMMON)
+    with pytest.raises(ConfigError, match="does not generate"):
+        hftrain.RewardTrainer(build_tiny_reward_model(tokenizer, hidden_size=32), args, train_dataset=train,
+                              eval_dataset=evaluation, processing_class=tokenizer)  # fmt: skip
