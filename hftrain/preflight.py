@@ -26,8 +26,10 @@ __all__ = [
     "previous_results",
 ]
 
-# What a finished run leaves at the top of output_dir (transformers' save_model, with or without PEFT).
+# What a finished run leaves at the top of output_dir (transformers' save_model, with or without PEFT; the
+# diffusion recipe's pipeline).
 FINAL_WEIGHTS = (
+    "model_index.json",
     "model.safetensors",
     "model.safetensors.index.json",
     "pytorch_model.bin",

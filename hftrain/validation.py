@@ -329,6 +329,8 @@ def trainer_formats(trainer_cls: type, args: Any = None) -> Optional[tuple]:
     """The row formats the TRL trainer `trainer_cls` derives from reads (None: any columns; transformers' own
     trainers take what the collator takes). Found by name in the MRO, so this module never imports TRL."""
     upstream = next((c.__name__ for c in trainer_cls.__mro__ if c.__module__.startswith("trl.")), None)
+    if (getattr(args, "dataset_kwargs", None) or {}).get("skip_prepare_dataset"):
+        return None  # the user prepares the data and the collator: TRL reads no fixed columns
     if upstream == "SFTTrainer":
         text_field = getattr(args, "dataset_text_field", None) or "text"
         return ({"input_ids": IDS}, *SFT_ROWS[:3], {text_field: TEXT})
