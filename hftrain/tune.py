@@ -540,6 +540,15 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"hftrain tune: {message}")
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    if args.n_trials is not None and args.n_trials < 1:
+        raise ConfigError(f"--n_trials: expected >= 1, got {args.n_trials}")
+    if args.heartbeat_interval < 1:
+        raise ConfigError(f"--heartbeat_interval: expected seconds >= 1, got {args.heartbeat_interval}")
+    if args.worker_index < 0:
+        raise ConfigError(f"--worker_index: expected >= 0, got {args.worker_index}")
+
+
 def _check_paths(storage: str, tune_dir: str) -> None:
     """The study file and the trial folder must be creatable: said before any recipe is imported or trial runs."""
     for flag, path, want in (("--storage", storage, "file"), ("--tune_dir", tune_dir, "folder")):
@@ -610,10 +619,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = _parser()
     try:
         args, recipe_argv = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-        if args.n_trials is not None and args.n_trials < 1:
-            raise ConfigError(f"--n_trials: expected >= 1, got {args.n_trials}")
-        if args.heartbeat_interval < 1:
-            raise ConfigError(f"--heartbeat_interval: expected seconds >= 1, got {args.heartbeat_interval}")
+        _check_numbers(args)
         spec = load_search_space(args.search_space)
         if args.method:
             spec.method = args.method
@@ -621,8 +627,6 @@ def main(argv: Optional[list[str]] = None) -> int:
                 spec.grid()
         if args.pruner:
             spec.pruner = {"type": args.pruner}
-        if args.worker_index < 0:
-            raise ConfigError(f"--worker_index: expected >= 0, got {args.worker_index}")
         if spec.seed is not None:
             spec.seed += args.worker_index
         study_name = args.study_name or spec.study_name or f"{os.path.splitext(os.path.basename(args.recipe))[0]}-tune"

@@ -78,6 +78,15 @@ def preference_accuracy(metrics: dict) -> Optional[float]:
     return next((v for k, v in metrics.items() if k.endswith("rewards/accuracies")), None)
 
 
+def print_accuracy_before_training(trainer) -> None:
+    """Evaluate the starting model (untracked: not a 0-step run of its own) and print its preference accuracy."""
+    with untracked(trainer):
+        before = trainer.evaluate(metric_key_prefix="before")
+    accuracy = preference_accuracy(before)
+    if is_main_process() and accuracy is not None:
+        print(f"[hftrain] held-out preference accuracy before training: {accuracy:.1%}")
+
+
 def parse_args(argv: Optional[list[str]] = None):
     """The recipe's arguments (also what `hftrain tune` checks searched fields against); with no `--config`, the
     bundled default config is the base."""
@@ -129,11 +138,7 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
 
     # A baseline to compare with: how often the starting model already prefers the right answer.
     if eval_dataset is not None and checkpoint is None:
-        with untracked(trainer):  # not a run of its own in the tracker
-            before = trainer.evaluate(metric_key_prefix="before")
-        accuracy = preference_accuracy(before)
-        if is_main_process() and accuracy is not None:
-            print(f"[hftrain] held-out preference accuracy before training: {accuracy:.1%}")
+        print_accuracy_before_training(trainer)
 
     # 5. Train (resuming when a checkpoint exists).
     train_with_resume(trainer, checkpoint)
