@@ -57,6 +57,8 @@ class TrackerStore(SchemaMixin, WritesMixin, PackedCurvesMixin, QueriesMixin):
         self._key_ids: dict[str, int] = {}
         self._runs: dict[int, _RunCache] = {}
         self._data_version: Optional[int] = None
+        self._in_group = False
+        self._group_summaries: dict[tuple[int, int], tuple] = {}
         self._open(create, timeout)
 
     def close(self) -> None:
@@ -75,7 +77,11 @@ class TrackerStore(SchemaMixin, WritesMixin, PackedCurvesMixin, QueriesMixin):
     @contextmanager
     def transaction(self, retries: int = 8) -> Iterator[sqlite3.Connection]:
         """`BEGIN IMMEDIATE ... COMMIT`: takes the write lock up front, so it waits (busy timeout) instead of
-        failing on a read-to-write upgrade; retried with jitter if the lock is still held after the timeout."""
+        failing on a read-to-write upgrade; retried with jitter if the lock is still held after the timeout. Inside
+        `group()`, a savepoint instead: the write stays all-or-nothing and commits with the group."""
+        if self._in_group:
+            yield from self._savepoint()
+            return
         for attempt in range(retries + 1):
             try:
                 self.conn.execute("BEGIN IMMEDIATE")
@@ -103,6 +109,32 @@ class TrackerStore(SchemaMixin, WritesMixin, PackedCurvesMixin, QueriesMixin):
                 except sqlite3.Error:
                     pass  # the connection itself failed; the original error says why
             raise
+
+    def _savepoint(self) -> Iterator[sqlite3.Connection]:
+        self.conn.execute("SAVEPOINT hftrain_write")
+        try:
+            yield self.conn
+            self.conn.execute("RELEASE hftrain_write")
+        except BaseException:
+            self._runs.clear()  # the copies may hold what was just rolled back
+            self._key_ids.clear()
+            self.conn.execute("ROLLBACK TO hftrain_write")
+            self.conn.execute("RELEASE hftrain_write")
+            raise
+
+    @contextmanager
+    def group(self) -> Iterator[sqlite3.Connection]:
+        """Several writes committed as one transaction (group commit), each still all-or-nothing on its own: the
+        tracker's writer uses it when logs have queued up behind a commit, so a flood costs one commit per batch
+        instead of one per log, and each curve's summary row is written once per batch. Nothing waits for a group:
+        it only holds what was already queued."""
+        with self.transaction() as conn:
+            self._in_group, self._group_summaries = True, {}
+            try:
+                yield conn
+                self._write_group_summaries()
+            finally:
+                self._in_group, self._group_summaries = False, {}
 
     def delete_runs(self, run_ids: Iterable[int]) -> int:
         """Delete runs and everything recorded for them; returns how many were deleted."""

@@ -2,8 +2,10 @@
 
 A commit costs about 0.1 ms here (most of it the WAL write), and a database that eight jobs share can be locked for
 a while; neither should ever hold up a training step. So the callback builds each write on the training thread
-(cheap) and queues it; this thread runs them in the order they came, each `log_metrics` still one transaction of
-its own, on the one long-lived connection it owns while training runs. It also does the housekeeping off the
+(cheap) and queues it; this thread runs them in the order they came, on the one long-lived connection it owns while
+training runs. A log that finds the queue empty is committed alone, at once; logs that queued up behind a commit
+(a flood, or a database another job held locked) are committed together as one transaction (group commit, at most
+`_MAX_GROUP`), each still all-or-nothing through its own savepoint. A flush waits for everything queued before it. It also does the housekeeping off the
 training thread: WAL checkpoints when the queue is idle, instead of inside whichever commit crosses SQLite's
 automatic threshold.
 
@@ -27,6 +29,7 @@ _STOP = object()
 # logs): 40 MB of 4 KiB pages, instead of SQLite's 4 MB, because each checkpoint ends in an fsync.
 _AUTOCHECKPOINT_PAGES = 10_000
 _IDLE_CHECKPOINT_WRITES = 100  # checkpoint once the queue is idle and this many writes have gone in since the last
+_MAX_GROUP = 256  # writes committed together at most, so one commit never holds the lock for long
 
 
 class TrackerWriter(threading.Thread):
@@ -65,19 +68,51 @@ class TrackerWriter(threading.Thread):
         return not self.is_alive()
 
     def run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                break
-            what, step, write, args, kwargs = item
-            try:
-                write(*args, **kwargs)
-            except Exception as exc:  # a record is never worth stopping training for: report, go on
-                self._report(what or "tracker write", step, exc)
-            if what is not None:
-                self._writes_since_checkpoint += 1
+        stopping = False
+        while not stopping:
+            items = [self._queue.get()]
+            while len(items) < _MAX_GROUP and items[-1] is not _STOP:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if items[-1] is _STOP:
+                items.pop()
+                stopping = True
+            self._run_items(items)
             if self._queue.empty() and self._writes_since_checkpoint >= _IDLE_CHECKPOINT_WRITES:
                 self._writes_since_checkpoint = 0
                 self.store.checkpoint()  # PASSIVE, never raises: a busy database checkpoints later
         if self._writes_since_checkpoint:
             self.store.checkpoint()
+
+    def _run_items(self, items: list) -> None:
+        """Writes in order; a flush marker (`what` None) runs once every write queued before it is committed."""
+        group: list = []
+        for item in items:
+            if item[0] is None:
+                self._commit(group)
+                group = []
+                self._run(item)
+            else:
+                group.append(item)
+        self._commit(group)
+
+    def _commit(self, group: list) -> None:
+        if len(group) > 1:
+            try:
+                with self.store.group():
+                    for item in group:
+                        self._run(item)
+            except Exception as exc:  # the group's own BEGIN or COMMIT failed (locked past all retries, disk full)
+                self._report(f"{len(group)} tracker writes", group[0][1], exc)
+        elif group:
+            self._run(group[0])
+        self._writes_since_checkpoint += len(group)
+
+    def _run(self, item: tuple) -> None:
+        what, step, write, args, kwargs = item
+        try:
+            write(*args, **kwargs)
+        except Exception as exc:  # a record is never worth stopping training for: report, go on
+            self._report(what or "tracker write", step, exc)

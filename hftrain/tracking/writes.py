@@ -169,6 +169,13 @@ class WritesMixin:
         with self.transaction():
             self._write_tags(run_id, tags)
 
+    def _write_group_summaries(self) -> None:
+        """The summaries a group's logs moved, each written once (`TrackerStore.group`)."""
+        rows = [(run_id, kid, *new) for (run_id, kid), new in self._group_summaries.items()]
+        self._group_summaries = {}
+        if rows:
+            self.conn.executemany(_SUMMARY_REPLACE, rows)
+
     def log_metrics(
         self,
         run_id: int,
@@ -200,7 +207,10 @@ class WritesMixin:
             conn.executemany(_METRIC_UPSERT, rows)
             summaries = cache.summaries
             updated = [(kid, _fold(summaries.get(kid), step, value)) for _, kid, _, value, _, _ in rows]
-            conn.executemany(_SUMMARY_REPLACE, [(run_id, kid, *new) for kid, new in updated])
+            if self._in_group:  # one summary row per curve for the whole group, written before it commits
+                self._group_summaries.update(((run_id, kid), new) for kid, new in updated)
+            else:
+                conn.executemany(_SUMMARY_REPLACE, [(run_id, kid, *new) for kid, new in updated])
             if events:
                 conn.executemany(
                     "INSERT INTO events(run_id, step, kind, payload, wall_time) VALUES(?, ?, ?, ?, ?)",
