@@ -7,11 +7,13 @@ Four pairs, same model, data, optimizer and logging cadence on both sides:
     dpo        trl.DPOTrainer              vs hftrain.DPOTrainer
     diffusion  a plain accelerate loop     vs hftrain.DiffusionTrainer   (diffusers' example loop, fused AdamW, EMA)
 
-Runs are interleaved (every pair in turn, upstream first on even rounds and hftrain first on odd ones) so drift in
-machine load hits both sides alike. Each run trains `--steps` optimizer steps; the first `--warmup` are dropped.
-On CPU the figure is the median wall time of one loop iteration (step begin to next step begin, so logging and
-the tracker are inside it) over all runs. On a GPU it is the median over runs of the mean step time between two
-`cuda.synchronize()` calls (per-step wall times of an asynchronous device are queueing, not work).
+Runs are interleaved (every pair in turn, its two sides back to back, upstream first on even rounds and hftrain
+first on odd ones). Each run trains `--steps` optimizer steps; the first `--warmup` are dropped. A run's figure on
+CPU is its median loop iteration (step begin to next step begin, so logging and the tracker are inside it); on a
+GPU, the mean step between two `cuda.synchronize()` calls (per-step wall times of an asynchronous device are
+queueing, not work). The ratio is the median over rounds of hftrain's figure over upstream's in the same round, so
+slow drift in the machine's load cancels; the training thread's CPU time per step gives a second ratio that other
+jobs on a shared machine disturb less.
 
     python bench/overhead.py                                  # CPU: tiny Llama, digits UNet; 6 rounds x 60 steps
     python bench/overhead.py --runs 12 --steps 80 --kinds sft dpo
@@ -381,8 +383,11 @@ def main(argv=None) -> dict:
         setups["lm"] = LMSetup(options)
     if "diffusion" in options.kinds:
         setups["diffusion"] = DiffusionSetup(options)
-    samples = {(kind, side): [] for kind in options.kinds for side in ("upstream", "hftrain")}
-    windows, cpu = {key: [] for key in samples}, {key: [] for key in samples}
+    gpu = torch.cuda.is_available()
+    # Per run: its step figure (median loop iteration on CPU, synchronised mean step on a GPU) and its median
+    # training-thread CPU time per step. The two sides of a pair run back to back in each round.
+    step = {(kind, side): [] for kind in options.kinds for side in ("upstream", "hftrain")}
+    cpu = {key: [] for key in step}
     with tempfile.TemporaryDirectory() as workdir:
         for kind in options.kinds:  # warm caches, kernels and lazy imports once per pair
             for side in ("upstream", "hftrain"):
@@ -392,10 +397,8 @@ def main(argv=None) -> dict:
             for kind in options.kinds:
                 for side in order:
                     timer = one_run(kind, side, workdir, options, setups, options.steps)
-                    samples[kind, side] += timer.durations
-                    cpu[kind, side] += timer.cpu
-                    windows[kind, side].append(timer.window)
-    gpu = torch.cuda.is_available()
+                    step[kind, side].append(timer.window if gpu else statistics.median(timer.durations))
+                    cpu[kind, side].append(statistics.median(timer.cpu))
     lm = (
         f"Qwen2 ({QWEN_05B['hidden_size']} hidden, {QWEN_05B['num_hidden_layers']} layers, ~0.5B) bf16"
         if options.model == "qwen0.5b"
@@ -404,26 +407,30 @@ def main(argv=None) -> dict:
     print(
         f"device: {device}; LM: {lm}, batch {options.batch} x {options.length} tokens; diffusion: digits UNet "
         f"{options.channels}, batch {options.image_batch}; {options.runs} rounds x {options.steps - options.warmup} "
-        f"timed steps per side; logging every {options.logging_steps} steps; figure: "
-        f"{'median over runs of the synchronised mean step' if gpu else 'median loop iteration over all runs'}"
+        f"timed steps per side; logging every {options.logging_steps} steps. Step: median over runs of "
+        f"{'the synchronised mean step' if gpu else 'each run median loop iteration'}; ratio: median over rounds of "
+        "hftrain / upstream in the same round (drift in machine load cancels)"
     )
+
+    def paired(figures: dict, kind: str) -> float:
+        return statistics.median(h / u for h, u in zip(figures[kind, "hftrain"], figures[kind, "upstream"]))
+
     ratios, figures = {}, {}
     for kind in options.kinds:
-        if gpu:
-            upstream, ours = statistics.median(windows[kind, "upstream"]), statistics.median(windows[kind, "hftrain"])
-        else:
-            upstream, ours = statistics.median(samples[kind, "upstream"]), statistics.median(samples[kind, "hftrain"])
-        ratios[kind] = ours / upstream
-        cpu_ratio = statistics.median(cpu[kind, "hftrain"]) / statistics.median(cpu[kind, "upstream"])
+        upstream, ours = statistics.median(step[kind, "upstream"]), statistics.median(step[kind, "hftrain"])
+        ratios[kind], cpu_ratio = paired(step, kind), paired(cpu, kind)
         figures[kind] = {"upstream_ms": upstream * 1e3, "hftrain_ms": ours * 1e3, "ratio": ratios[kind]}
         figures[kind]["cpu_ratio"] = cpu_ratio
+        figures[kind]["round_ratios"] = [h / u for h, u in zip(step[kind, "hftrain"], step[kind, "upstream"])]
         if kind == "diffusion":
             figures[kind].update(
                 upstream_images_per_s=options.image_batch / upstream, hftrain_images_per_s=options.image_batch / ours
             )
         print(
             f"{kind:9s} {UPSTREAM[kind]:22s} {upstream * 1e3:9.3f} ms | {OURS[kind]:24s} {ours * 1e3:9.3f} ms | "
-            f"ratio {ratios[kind]:.3f} (training-thread CPU time: {cpu_ratio:.3f})"
+            f"ratio {ratios[kind]:.3f} (training-thread CPU time: {cpu_ratio:.3f}; rounds: "
+            + " ".join(f"{r:.2f}" for r in figures[kind]["round_ratios"])
+            + ")"
         )
     print(f"hftrain defaults on: {describe_defaults()}")
     if "diffusion" in figures:
