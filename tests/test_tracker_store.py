@@ -394,3 +394,35 @@ def test_runs_cli_does_not_import_transformers(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_writes_queued_behind_a_commit_are_committed_together_and_each_stays_whole(tmp_path):
+    import threading
+
+    from hftrain.tracking.writer import TrackerWriter
+
+    store = TrackerStore(str(tmp_path / "runs.db"))
+    run = store.create_run("e", "grouped")
+    failures, gate = [], threading.Event()
+    writer = TrackerWriter(store, lambda what, step, exc: failures.append((what, step, str(exc))))
+    writer.start()
+    writer.submit("blocker", 0, gate.wait, 10)  # holds the writer, so what follows queues up into one group
+
+    def bad(run_id, step):
+        store.log_metrics(run_id, step, {"loss": 9.0})  # written, then undone with its savepoint
+        raise RuntimeError("disk hiccup")
+
+    def failing_log(run_id, step):
+        with store.transaction():
+            bad(run_id, step)
+
+    writer.submit("log", 1, store.log_metrics, run, 1, {"loss": 3.0})
+    writer.submit("log", 2, failing_log, run, 2)
+    writer.submit("log", 3, store.log_metrics, run, 3, {"loss": 1.0})
+    gate.set()
+    assert writer.flush(10) and writer.close(10)
+    reader = TrackerStore(str(tmp_path / "runs.db"))
+    assert reader.curve_points(run, "loss") == [(1, 3.0), (3, 1.0)]
+    summary = reader.summary(run)["loss"]
+    assert (summary["last_step"], summary["min_value"], summary["max_value"]) == (3, 1.0, 3.0)
+    assert failures == [("log", 2, "disk hiccup")]

@@ -112,14 +112,19 @@ class TrackerStore(SchemaMixin, WritesMixin, PackedCurvesMixin, QueriesMixin):
 
     def _savepoint(self) -> Iterator[sqlite3.Connection]:
         self.conn.execute("SAVEPOINT hftrain_write")
+        pending = dict(self._group_summaries)  # the group's summaries before this write
         try:
             yield self.conn
             self.conn.execute("RELEASE hftrain_write")
         except BaseException:
-            self._runs.clear()  # the copies may hold what was just rolled back
-            self._key_ids.clear()
             self.conn.execute("ROLLBACK TO hftrain_write")
             self.conn.execute("RELEASE hftrain_write")
+            # The copies may hold what was just undone: write the group's summaries so far, then reread the copies
+            # from the file (which now holds everything of the group but this write).
+            self._group_summaries = pending
+            self._write_group_summaries()
+            self._runs.clear()
+            self._key_ids.clear()
             raise
 
     @contextmanager
