@@ -251,18 +251,12 @@ def seq2seq(options) -> None:
         f"{options.rows} eval rows, batch {options.batch}, max_new_tokens={options.seq2seq_max_new_tokens}, "
         f"{'cuda' if gpu else f'cpu, {torch.get_num_threads()} threads'}"
     )
-    print(
-        f"  hftrain Seq2SeqTrainer.evaluate()                          : {ours_s:7.2f} s  peak +{ours_mib:7.1f} MiB  "
-        f"{ours_m}"
-    )
-    print(
-        f"  transformers Seq2SeqTrainer(predict_with_generate).evaluate(): {up_s:7.2f} s  peak +{up_mib:7.1f} MiB  "
-        f"{up_m}"
-    )
-    print(
-        f"  one prompt at a time (generation metrics only)             : {single_s:7.2f} s  peak +{single_mib:7.1f} MiB  "
-        f"{single_m}"
-    )
+    for label, seconds, mib, values in (
+        ("hftrain Seq2SeqTrainer.evaluate()", ours_s, ours_mib, ours_m),
+        ("transformers Seq2SeqTrainer(predict_with_generate).evaluate()", up_s, up_mib, up_m),
+        ("one prompt at a time (generation metrics only)", single_s, single_mib, single_m),
+    ):
+        print(f"  {label:62s}: {seconds:7.2f} s  peak +{mib:7.1f} MiB  {values}")
     print(
         f"  hftrain vs predict_with_generate: time ratio {ours_s / up_s:.2f} (hftrain / upstream), peak memory "
         f"{ours_mib:.1f} vs {up_mib:.1f} MiB; vs one at a time: {single_s / ours_s:.1f}x faster"

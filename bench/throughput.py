@@ -277,9 +277,18 @@ def main(argv=None) -> dict:
             results.append(runs[len(runs) // 2])
         for level in options.levels:
             out = os.path.join(tmp, f"level-{level}")
-            results.append(run("hftrain", level, config, data, tokenizer, options, out, options.level_steps))
+            try:
+                results.append(run("hftrain", level, config, data, tokenizer, options, out, options.level_steps))
+            except Exception as exc:  # one level failing (a kernel, compile) must not lose the others' figures
+                import traceback
+
+                traceback.print_exc()
+                error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                results.append({"side": "hftrain", "level": level, "error": error, "tokens_per_s": None})
+                if gpu:
+                    torch.cuda.empty_cache()
     for r in results:
-        r["mfu"] = mfu(r["tokens_per_s"])
+        r["mfu"] = mfu(r["tokens_per_s"]) if r["tokens_per_s"] else None
     trl_r, ours = results[0], results[1]
     summary = {
         "device": device,
@@ -299,6 +308,9 @@ def main(argv=None) -> dict:
     )
     for r in results:
         name = r["side"] if r["level"] == "pair" else f"level {r['level']}"
+        if r.get("error"):
+            print(f"{name:20s} failed: {r['error']}")
+            continue
         print(
             f"{name:20s} {r['tokens_per_s']:12,.0f} tokens/s"
             + (f"  MFU {r['mfu']:6.1%}" if r["mfu"] is not None else "")
@@ -308,7 +320,7 @@ def main(argv=None) -> dict:
     print(f"ratio hftrain / trl: {summary['ratio']:.3f}")
     base = next((r for r in results[2:] if r["level"] == "none"), None)
     for r in results[2:]:
-        if base is None or r is base:
+        if base is None or r is base or r.get("error") or base.get("error"):
             continue
         memory = f", peak memory {r['peak_gib'] / base['peak_gib']:.2f}x" if r["peak_gib"] and base["peak_gib"] else ""
         print(f"level {r['level']:10s} vs no preset: tokens/s {r['tokens_per_s'] / base['tokens_per_s']:.2f}x{memory}")

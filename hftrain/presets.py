@@ -1,16 +1,16 @@
 """Performance presets: `--optimization_level light|standard|aggressive|extreme` mapped to concrete arguments.
 
-| setting                        | light | standard | aggressive | extreme  | needs                                   |
-|--------------------------------|-------|----------|------------|----------|-----------------------------------------|
-| `bf16` mixed precision         | yes   | yes      | yes        | yes      | a GPU with bf16 (CUDA/XPU)               |
-| `tf32` matmuls                 | yes   | yes      | yes        | yes      | an NVIDIA Ampere or newer GPU            |
-| `activation_checkpointing`     | -     | yes      | yes        | yes      | -                                       |
-| `activation_offloading`        | -     | -        | -          | yes      | a CUDA GPU; an SFT or DPO config         |
-| `optim: adamw_torch_fused`     | -     | yes      | fallback   | fallback | torch >= 2.4 (CPU or GPU)                |
-| `packing` (SFT, bfd: padding-free) | - | yes      | yes        | yes      | an SFT config                            |
-| `use_liger_kernel`             | -     | -        | yes        | yes      | liger-kernel installed and a CUDA GPU    |
-| `torch_compile`                | -     | -        | yes        | yes      | a CUDA GPU (inductor's gains are GPU kernels) |
-| `optim: adamw_bnb_8bit`        | -     | -        | yes        | yes      | bitsandbytes and a CUDA GPU              |
+| setting                         | light | standard | aggressive | extreme  | needs                         |
+|---------------------------------|-------|----------|------------|----------|-------------------------------|
+| `bf16` mixed precision          | yes   | yes      | yes        | yes      | a GPU with bf16 (CUDA/XPU)    |
+| `tf32` matmuls                  | yes   | yes      | yes        | yes      | NVIDIA Ampere or newer        |
+| `activation_checkpointing`      | -     | yes      | yes        | yes      | -                             |
+| `activation_offloading`         | -     | -        | -          | yes      | a CUDA GPU; SFT or DPO        |
+| `optim: adamw_torch_fused`      | -     | yes      | fallback   | fallback | torch >= 2.4 (CPU or GPU)     |
+| `packing` (bfd: padding-free)   | -     | yes      | yes        | yes      | an SFT config                 |
+| `use_liger_kernel`              | -     | -        | yes        | yes      | liger-kernel and a CUDA GPU   |
+| `torch_compile`                 | -     | -        | yes        | yes      | a CUDA GPU (GPU kernels gain) |
+| `optim: adamw_bnb_8bit`         | -     | -        | yes        | yes      | bitsandbytes and a CUDA GPU   |
 
 `aggressive` is the fastest level (compiled graphs, Liger's fused Triton kernels for RMSNorm, RoPE and SwiGLU) and
 keeps AdamW's states in 8 bits; `extreme` adds TRL's activation offloading (the activations that checkpointing keeps

@@ -28,7 +28,8 @@ TORCH_FSDP2 = textwrap.dedent(
         optimizer.step()
         optimizer.zero_grad()
     shard = model[0].weight
-    print(f"rank {dist.get_rank()}: {type(shard).__name__} local {tuple(shard.to_local().shape)} of {tuple(shard.shape)}")
+    local, full = tuple(shard.to_local().shape), tuple(shard.shape)
+    print(f"rank {dist.get_rank()}: {type(shard).__name__} local {local} of {full}")
     dist.destroy_process_group()
     """
 )
