@@ -33,7 +33,9 @@ __all__ = [
 ]
 
 SFT_FORMATS = tuple(tuple(columns) for columns in SFT_ROWS)
-PEER_GRACE_SECONDS = 5.0
+# How long a rank other than 0 waits after a user error before printing it: every rank meets a bad input, and
+# the launcher stops the others as soon as rank 0 exits (ranks start seconds apart on a loaded machine).
+PEER_GRACE_SECONDS = 60.0
 
 
 def run_main(main: Callable[[Optional[list[str]]], object]) -> None:
@@ -41,12 +43,13 @@ def run_main(main: Callable[[Optional[list[str]]], object]) -> None:
     After a successful run the process group is destroyed, so no process exits with it still alive.
 
     Under a multi-process launch every rank meets the same bad input: rank 0 prints the line at once, the others
-    wait a moment first, so the launcher (which stops the other ranks when one fails) usually leaves one line."""
+    wait for the launcher to stop them (it does when rank 0 exits), so one line is printed. An error only another
+    rank meets is still printed by it, after `PEER_GRACE_SECONDS`."""
     try:
         main(None)
     except HFTrainError as exc:
         if not is_main_process():
-            time.sleep(PEER_GRACE_SECONDS)  # an error only this rank met is still printed, after the grace
+            time.sleep(PEER_GRACE_SECONDS)
         sys.exit(report_user_error(exc))
     end_distributed()
 
