@@ -221,7 +221,7 @@ RECIPE_CASES = [
     C("early-stop-no-eval", "sft", "--early_stopping_patience 2 --eval_strategy no", ("early_stopping_patience:",)),
     C("global-batch", "sft", "--global_batch_size 7", ("global_batch_size: 7 is not a multiple",)),
     C("tracker-db-dir", "sft", "--tracker_db {tmp}/emptydir", ("tracker_db:", "is a directory")),
-    C("curriculum-start", "sft", "--curriculum_start 0", ("curriculum_start: expected a number in (0, 1]",)),
+    C("curriculum-start", "sft", "--curriculum_start 0", ("curriculum_start: expected a", "in (0, 1], got 0")),
     C("lora-dropout", "sft", "--use_peft true --lora_dropout 1.5", ("lora_dropout:",)),
     C("qlora-no-gpu", "sft", "--use_peft true --load_in_4bit true --model_name_or_path x/y", ("load_in_4bit",)),
     C("config-dir", "sft", "--config {tmp}/configdir", ("--config", "configdir: is a directory")),
