@@ -109,6 +109,8 @@ def check_training_data(train_dataset: Any, eval_dataset: Any = None) -> None:
     for name, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
         if dataset is None or not hasattr(dataset, "column_names") or isinstance(dataset.column_names, dict):
             continue  # absent, a dict of eval sets, or a plain torch Dataset: nothing to read columns from
+        if not hasattr(dataset, "__len__"):
+            continue  # streaming: the parent (and the curriculum, which needs a length) say what is wrong
         validate_dataset(dataset, name=name)
         validate_labels(dataset, name=name)
         validate_finite(dataset, name=name)

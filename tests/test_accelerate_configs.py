@@ -20,6 +20,7 @@ def test_every_expected_config_exists():
             "cpu_ddp.yaml",
             "single_gpu.yaml",
             "multi_gpu.yaml",
+            "multi_node.yaml",
             "deepspeed_zero2.yaml",
             "deepspeed_zero3.yaml",
             "deepspeed_zero3_offload.yaml",

@@ -202,9 +202,14 @@ def test_resume_with_different_curriculum_is_refused(tok, text_data, tmp_path):
         (dict(curriculum_loss_batch_size=0), r"curriculum_loss_batch_size"),
     ],
 )
-def test_bad_settings_fail_when_arguments_are_built(kw, match, tmp_path):
+def test_bad_settings_fail_before_any_work(kw, match, tmp_path):
+    from hftrain import resolve_arguments
+
+    # ranges and choices when the arguments are built; a scorer name against the registry when they are resolved
     with pytest.raises(ConfigError, match=match):
-        TrainingArguments(output_dir=str(tmp_path), report_to="none", **{"curriculum": "column", **kw})
+        resolve_arguments(
+            TrainingArguments(output_dir=str(tmp_path), report_to="none", **{"curriculum": "column", **kw})
+        )
 
 
 def test_bad_data_fails_when_the_trainer_is_built(tok, text_data, tmp_path):
@@ -213,7 +218,7 @@ def test_bad_data_fails_when_the_trainer_is_built(tok, text_data, tmp_path):
     with pytest.raises(DataError, match=r"curriculum_column: column 'label' is string, expected a number"):
         _trainer(tok, text_data.add_column("label", ["x"] * len(text_data)), tmp_path, curriculum_column="label")
     nan = text_data.add_column("score", [1.0] * (len(text_data) - 1) + [float("nan")])
-    with pytest.raises(DataError, match=r"curriculum=column: 1 score\(s\) are NaN .*row 47"):
+    with pytest.raises(DataError, match=r"column 'score' holds a non-finite value \(nan\) in row 47"):
         _trainer(tok, nan, tmp_path, curriculum_column="score")
     untokenized, _ = arithmetic_splits(8, 2, fmt="text")
     with pytest.raises(DataError, match=r"curriculum=length: the training set has no token ids"):

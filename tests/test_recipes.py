@@ -164,8 +164,9 @@ def test_global_batch_size_keeps_the_global_batch_on_another_process_count(monke
     from hftrain.launch import global_batch, resolve_arguments
 
     accumulation = {}
-    args = TrainingArguments("unused", per_device_train_batch_size=4, global_batch_size=32, use_cpu=True,
-                             report_to="none")
+    args = TrainingArguments(
+        "unused", per_device_train_batch_size=4, global_batch_size=32, use_cpu=True, report_to="none"
+    )
     for world in (1, 2, 4):
         # the process count accelerate launch / torchrun announce (WORLD_SIZE), as the resolution step reads it
         monkeypatch.setattr("hftrain.launch.world_size_from_env", lambda world=world: world)
@@ -181,7 +182,10 @@ def test_global_batch_size_keeps_the_global_batch_on_another_process_count(monke
         (["--config", "/no/such/config.yaml"], "--config: no such file: /no/such/config.yaml"),
         (["--use_peft", "true", "--lora_target_modules", "qkv_proj"], "lora_target_modules: qkv_proj not found"),
         (["--use_peft", "true", "--load_in_4bit", "true"], "load_in_4bit: needs --model_name_or_path"),
-        (["--use_peft", "true", "--load_in_4bit", "true", "--model_name_or_path", "some/model"], "load_in_4bit: QLoRA/k-bit loading needs a CUDA GPU"),
+        (
+            ["--use_peft", "true", "--load_in_4bit", "true", "--model_name_or_path", "some/model"],
+            "load_in_4bit: QLoRA/k-bit loading needs a CUDA GPU",
+        ),
         (["--push_to_hub", "true"], "push_to_hub: needs --hub_model_id"),
         (["--global_batch_size", "12"], "global_batch_size: 12 is not a multiple of"),
         (["--optimization_level", "turbo"], "optimization_level"),

@@ -338,7 +338,9 @@ class CurriculumArguments:
             return
         _choice("curriculum_pacing", self.curriculum_pacing, PACINGS)
         for name in ("curriculum_start", "curriculum_full_at"):
-            _number(name, getattr(self, name), strict=True, high=1.0)
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 < value <= 1.0:
+                raise ConfigError(f"{name}: expected a share in (0, 1], got {value!r}")
         stages = self.curriculum_stages
         if stages is not None:
             if len(stages) == 0 or any(not isinstance(v, (int, float)) or not 0.0 < v <= 1.0 for v in stages):

@@ -119,7 +119,9 @@ def make_ema(model: torch.nn.Module, args: Any) -> Optional[EMAModel]:
 def enable_activation_checkpointing(unet: Any, args: Any) -> None:
     """diffusers' gradient checkpointing on the UNet when `activation_checkpointing` (or its old name) is set;
     `activation_checkpointing_kwargs` go to `torch.utils.checkpoint.checkpoint` (non-reentrant unless they say)."""
-    if not args.activation_checkpointing:
+    # transformers before 5.20 has only the old names (gradient_checkpointing and its kwargs)
+    if not (getattr(args, "activation_checkpointing", None) or args.gradient_checkpointing):
         return
-    kwargs = {"use_reentrant": False, **(args.activation_checkpointing_kwargs or {})}
+    given = getattr(args, "activation_checkpointing_kwargs", None) or args.gradient_checkpointing_kwargs
+    kwargs = {"use_reentrant": False, **(given or {})}
     unet.enable_gradient_checkpointing(functools.partial(torch.utils.checkpoint.checkpoint, **kwargs))
