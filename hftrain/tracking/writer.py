@@ -104,8 +104,9 @@ class TrackerWriter(threading.Thread):
                 with self.store.group():
                     for item in group:
                         self._run(item)
-            except Exception as exc:  # the group's own BEGIN or COMMIT failed (locked past all retries, disk full)
-                self._report(f"{len(group)} tracker writes", group[0][1], exc)
+            except Exception:  # the group's own BEGIN or COMMIT failed: nothing of it was kept, so each write
+                for item in group:  # is tried again alone, and one that fails again is reported as itself
+                    self._run(item)
         elif group:
             self._run(group[0])
         self._writes_since_checkpoint += len(group)
