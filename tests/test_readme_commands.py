@@ -175,8 +175,6 @@ def test_recipe_command_runs(command, tmp_path, monkeypatch):
 @pytest.mark.parametrize("command", of_kind("recipe-parse"))
 def test_other_recipes_commands_parse(command, tmp_path, monkeypatch):
     """diffusion.py and grpo.py train in their owners' tests; here their README commands must parse and resolve."""
-    if "--karras_sigmas true" in command:
-        pytest.xfail("karras sigmas on the default cosine schedule: refused by the diffusion recipe (its owner's)")
     monkeypatch.chdir(tmp_path)
     check_recipe_command(command, parse_only=True)
 
