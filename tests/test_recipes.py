@@ -229,33 +229,18 @@ def test_every_config_parses(name, monkeypatch):
     monkeypatch.setattr("hftrain.peft_utils._cuda_available", lambda: "qlora" in name)
     monkeypatch.setattr("hftrain.presets.cuda_usable", lambda args: False)
     monkeypatch.setattr("hftrain.presets.bf16_unavailable_reason", lambda args: "test: no GPU")
-    types = {
-        "sft": None,
-        "dpo": "DPOScriptArguments",
-        "seq2seq": "Seq2SeqDataArguments",
-        "pretrain": "PretrainArguments",
-    }
-    if recipe_name == "sft":
-        parsed = module["parse_args"](["--config", path])
-    else:
-        from hftrain.recipe_utils import parse_recipe_args
+    from hftrain import HFTrainArguments, ModelArguments
 
-        classes = {
-            "dpo": ("ScriptArguments", "DPOConfig", "ModelArguments"),
-            "seq2seq": ("ScriptArguments", "Seq2SeqTrainingArguments", "ModelArguments"),
-            "pretrain": ("ScriptArguments", "TrainingArguments", "ModelArguments"),
-        }[recipe_name]
-        parsed = parse_recipe_args(
-            ["--config", path], [module[c] for c in classes] + [module[types[recipe_name]]], path
-        )
-    model_args = parsed[2]
-    assert parsed[1].output_dir.startswith("outputs/")
+    parsed = module["parse_args"](["--config", path])  # every recipe parses the way its command line does
+    training_args = next(p for p in parsed if isinstance(p, HFTrainArguments))
+    model_args = next(p for p in parsed if isinstance(p, ModelArguments))
+    assert training_args.output_dir.startswith("outputs/")
     if "qlora" in name:
         assert model_args.use_peft and model_args.load_in_4bit
     elif "lora" in name:
         assert model_args.use_peft and model_args.lora_target_modules and not model_args.load_in_4bit
     if "default" not in name:
-        assert model_args.model_name_or_path and parsed[1].global_batch_size
+        assert model_args.model_name_or_path and training_args.global_batch_size
 
 
 def test_run_main_destroys_the_process_group_after_success_only(tmp_path):
