@@ -5,8 +5,8 @@ registry or the user's intent is resolved here, once, before any work: feature c
 names, curriculum scorers), QLoRA's GPU, DeepSpeed's package, the Hub token, `use_cpu` under a GPU-less multi-process
 launch, the optimization preset, early stopping's metric and the global batch. Recipes call it right after parsing;
 hftrain's trainers call it in their constructors (before their parent sees the arguments), so drop-in users get the
-same checks. The result is the same object when nothing changes, else a copy built with `dataclasses.replace`,
-so upstream's `__post_init__` sees the final values.
+same checks. The result is the same object when nothing changes, else a new one built from the values the user's
+object was constructed with plus the changes (`rebuilt`), so upstream's `__post_init__` derives from the final values.
 """
 
 from __future__ import annotations
@@ -51,12 +51,12 @@ def resolve_arguments(args: Any, explicit: Optional[frozenset] = None) -> Any:
         # Under `accelerate launch` / torchrun on a machine with no GPU, transformers only forms a gloo process
         # group when `use_cpu` is set; otherwise each process silently trains alone.
         changes["use_cpu"] = True
-    view = dataclasses.replace(args, **changes) if changes else args
+    view = rebuilt(args, changes) if changes else args
     preset, report = _without_packing_under_curriculum(args, *preset_changes(view, explicit))
     changes.update(preset)
     changes.update(_early_stopping_changes(args))
     changes.update(_global_batch_changes(args))
-    resolved = dataclasses.replace(args, **changes) if changes else args
+    resolved = rebuilt(args, changes) if changes else args
     resolved.hftrain_preset_report = report
     resolved._hftrain_resolved = True
     for line in report:
@@ -73,6 +73,16 @@ def _without_packing_under_curriculum(args: Any, preset: dict, report: list) -> 
     reason = f"refused (curriculum={args.curriculum} orders rows; packing would merge them)"
     report = [line.replace("packing=True", reason) if "packing=True" in line else line for line in report]
     return preset, report
+
+
+def rebuilt(args: Any, changes: dict[str, Any]) -> Any:
+    """A new arguments object of the same class, constructed from the values `args` was constructed with and
+    `changes` (not `dataclasses.replace`, which would hand upstream's `__post_init__` the values it derived itself:
+    TRL's GRPOConfig then refuses `generation_batch_size` and `steps_per_generation` together)."""
+    given = getattr(args, "_hftrain_given", None)
+    if given is None:
+        return dataclasses.replace(args, **changes)
+    return type(args)(**{**given, **changes})
 
 
 def check_feature_settings(args: Any) -> None:

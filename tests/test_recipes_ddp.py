@@ -83,6 +83,25 @@ RECIPES = {
         ],
         None,
     ),
+    "grpo": (
+        [
+            "--bundled_train_size",
+            "16",
+            "--bundled_eval_size",
+            "4",
+            "--per_device_train_batch_size",
+            "8",
+            "--num_generations",
+            "4",
+            "--sft_output_dir",
+            "",
+            "--sft_warmup_steps",
+            "0",
+            "--eval_strategy",
+            "no",
+        ],
+        None,
+    ),
     "diffusion": (
         [
             "--max_train_samples",

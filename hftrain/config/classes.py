@@ -25,6 +25,7 @@ class TrainingArguments(HFTrainArguments, transformers.TrainingArguments):
     """`transformers.TrainingArguments` plus hftrain's fields (keyword-only)."""
 
     def __post_init__(self):
+        self.remember_given_values()
         self.validate_hftrain()
         super().__post_init__()
 
@@ -34,6 +35,7 @@ class Seq2SeqTrainingArguments(HFTrainArguments, transformers.Seq2SeqTrainingArg
     """`transformers.Seq2SeqTrainingArguments` plus hftrain's fields (keyword-only)."""
 
     def __post_init__(self):
+        self.remember_given_values()
         self.validate_hftrain()
         super().__post_init__()
 

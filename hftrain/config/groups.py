@@ -640,6 +640,14 @@ class HFTrainArguments(
 ):
     """All of hftrain's settings. Each arguments class of the family is `(HFTrainArguments, upstream class)`."""
 
+    def remember_given_values(self) -> None:
+        """Keep the values this object was constructed with, before upstream's `__post_init__` derives others from
+        them (TRL's GRPO sets `generation_batch_size` from `steps_per_generation`, transformers turns `optim` into an
+        enum, ...), so `hftrain.launch` can rebuild it with changed inputs exactly as a user would have built it."""
+        given = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        self._hftrain_given = {k: (list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v)
+                               for k, v in given.items()}  # fmt: skip
+
     def validate_hftrain(self) -> None:
         """Check every group (pure: no I/O, no probing, nothing changed); the first bad field raises."""
         self._check_run()

@@ -22,6 +22,7 @@ class _TRLConfigMixin:
     asking the very probes transformers' own validation runs next (so no probe is added)."""
 
     def __post_init__(self):
+        self.remember_given_values()
         self.validate_hftrain()
         if self.bf16 is None and not self.fp16:
             self.bf16 = not self.use_cpu and (is_torch_bf16_gpu_available() or is_torch_xla_available())
