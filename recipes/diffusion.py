@@ -7,10 +7,10 @@ every field of `DiffusionConfig`, `UNetArguments`, `ScriptArguments` and `ModelA
 and overridden on the command line.
 
 Usage:
-    accelerate launch recipes/diffusion.py
-    accelerate launch recipes/diffusion.py --config recipes/configs/diffusion_default.yaml --max_steps 500
-    accelerate launch --config_file accelerate_configs/cpu_ddp.yaml recipes/diffusion.py
-    accelerate launch recipes/diffusion.py --dataset_name huggan/smithsonian_butterflies_subset --resolution 32 \
+    python recipes/diffusion.py
+    python recipes/diffusion.py --config recipes/configs/diffusion_default.yaml --max_steps 500
+    python -m hftrain.launch --config_file accelerate_configs/cpu_ddp.yaml recipes/diffusion.py
+    python recipes/diffusion.py --dataset_name huggan/smithsonian_butterflies_subset --resolution 32 \
         --image_resize true --class_conditional false --unet_block_out_channels 64 128 128 --output_dir outputs/bfly
 
 `--model_name_or_path` takes a saved UNet (or a pipeline folder with `unet/`) to fine-tune. The run resumes exactly
