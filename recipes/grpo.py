@@ -8,10 +8,10 @@ best checkpoint is picked by the task and the monitor flags reward hacking (the 
 falls). Prints held-out exact match before and after. Offline, CPU.
 
 Usage:
-    accelerate launch recipes/grpo.py
-    accelerate launch recipes/grpo.py --config recipes/configs/grpo_default.yaml --max_steps 100
-    accelerate launch --config_file accelerate_configs/cpu_ddp.yaml recipes/grpo.py
-    accelerate launch recipes/grpo.py --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct --dataset_name DATA \
+    python recipes/grpo.py
+    python recipes/grpo.py --config recipes/configs/grpo_default.yaml --max_steps 100
+    python -m hftrain.launch --config_file accelerate_configs/cpu_ddp.yaml recipes/grpo.py
+    python recipes/grpo.py --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct --dataset_name DATA \
         --reward_funcs mypkg.rewards:accuracy --eval_reference_column solution --output_dir outputs/qwen-grpo
 
 Dataset columns: `prompt` (text or messages) and the reference answer in `eval_reference_column` (default
@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import importlib
 import os
+import runpy
 from dataclasses import dataclass, field
 from typing import Optional
 
-from hftrain import ConfigError, GRPOConfig, GRPOTrainer, ModelArguments, ScriptArguments, SFTConfig, SFTTrainer
+from transformers import TrainerCallback
+
+from hftrain import ConfigError, GRPOConfig, GRPOTrainer, ModelArguments, ScriptArguments
 from hftrain.builtin import arithmetic_splits
 from hftrain.recipe_utils import (
     find_resume_checkpoint,
@@ -57,8 +60,8 @@ class GRPOScriptArguments:
         metadata={"help": "Without `model_name_or_path`: start from this SFT output when it holds a model."},
     )
     sft_warmup_steps: int = field(
-        default=500,
-        metadata={"help": "Otherwise: SFT steps on the training questions before GRPO (embedded model only)."},
+        default=400,
+        metadata={"help": "Otherwise: run the first N steps of the SFT recipe's default first (0: start untrained)."},
     )
     reward_funcs: list[str] = field(
         default_factory=lambda: [f"{REWARDS}:answer_reward", f"{REWARDS}:format_reward"],
@@ -73,37 +76,39 @@ def parse_args(argv: Optional[list[str]] = None):
 
 def load_reward(path: str):
     """A reward function from `module:function` (or `module.function`)."""
-    module, sep, name = path.partition(":") if ":" in path else path.rpartition(".")
+    module, _, name = path.partition(":") if ":" in path else path.rpartition(".")
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError) as exc:
         raise ConfigError(f"reward_funcs: cannot import {path!r} ({type(exc).__name__}: {exc})") from exc
 
 
-def starting_model_path(model_args, grpo_args) -> Optional[str]:
-    """The SFT recipe's output directory when the default run should start from it, else None."""
-    path = grpo_args.sft_output_dir
-    if model_args.model_name_or_path or not path:
+class _StopAt(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        control.should_training_stop = control.should_training_stop or state.global_step >= self.step
+
+
+def starting_model(model_args, grpo_args, training_args) -> Optional[str]:
+    """Without `model_name_or_path`: the SFT recipe's output, else the first `sft_warmup_steps` of its default run
+    (its 1,000-step schedule and curriculum: 400 steps reach about 50%), kept in `output_dir/sft-warmup`. GRPO needs
+    a policy that is sometimes right: a group whose answers all score 0 teaches nothing."""
+    warm = os.path.join(training_args.output_dir, "sft-warmup")
+    if model_args.model_name_or_path:
+        return model_args.model_name_or_path
+    for path in (grpo_args.sft_output_dir, warm):  # a warm-up of an earlier (interrupted) run is reused
+        if path and os.path.isfile(os.path.join(path, "config.json")):
+            return path
+    if not grpo_args.sft_warmup_steps:
         return None
-    has_weights = any(os.path.isfile(os.path.join(path, n)) for n in ("model.safetensors", "pytorch_model.bin"))
-    return path if has_weights and os.path.isfile(os.path.join(path, "config.json")) else None
-
-
-def warm_up(model, tokenizer, train_dataset, steps: int, training_args):
-    """A short SFT of the embedded model on the training questions (raw `23+45=` prompts), saved to
-    `output_dir/sft-warmup`: GRPO needs a policy that is sometimes right (a group whose answers all score 0 teaches
-    nothing)."""
-    args = SFTConfig(
-        output_dir=os.path.join(training_args.output_dir, "sft-warmup"), max_steps=steps, learning_rate=1e-3,
-        per_device_train_batch_size=64, lr_scheduler_type="constant_with_warmup", warmup_steps=50, max_length=32,
-        logging_steps=100, save_strategy="no", report_to="none", tracker=False, seed=training_args.seed,
-        use_cpu=training_args.use_cpu, bf16=False, gradient_checkpointing=False, disable_tqdm=True,
-    )  # fmt: skip
-    data = train_dataset.rename_column(training_args.eval_reference_column, "completion")
-    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
-    trainer.train()
-    trainer.save_model(args.output_dir)  # kept: `--sft_output_dir <output_dir>/sft-warmup` starts from it again
-    return model
+    if is_main_process():
+        print(f"[hftrain] no SFT output at {grpo_args.sft_output_dir!r}: {grpo_args.sft_warmup_steps} SFT steps first")
+    flags = ["--output_dir", warm, "--seed", str(training_args.seed), "--save_strategy", "no", "--eval_strategy", "no",
+             "--overwrite_output_dir", "true", "--monitor", "false", "--tracker", "false"]  # fmt: skip
+    runpy.run_path(os.path.join(HERE, "sft.py"))["main"](flags, callbacks=[_StopAt(grpo_args.sft_warmup_steps)])
+    return warm
 
 
 def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
@@ -126,21 +131,13 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
     if eval_dataset is not None:
         require_columns(eval_dataset, [("prompt", reference)], "dataset_test_split")
 
-    # 3. Model: the SFT recipe's output, else the embedded tiny Llama after a short SFT warm-up, or any Hub model.
-    sft_path = starting_model_path(model_args, grpo_args)
-    if sft_path is not None:
-        model_args.model_name_or_path = sft_path
-        if is_main_process():
-            print(f"[hftrain] starting from the SFT recipe's output: {os.path.abspath(sft_path)}")
+    # 3. Model: a named model, the SFT recipe's output, or the first steps of its default run.
+    model_args.model_name_or_path = starting_model(model_args, grpo_args, training_args)
+    if model_args.model_name_or_path and is_main_process():
+        print(f"[hftrain] starting from {model_args.model_name_or_path}")
     tokenizer = load_tokenizer(model_args)
     model = load_causal_lm(model_args, tokenizer)
     checkpoint = find_resume_checkpoint(training_args, model)
-    if not model_args.model_name_or_path and checkpoint is None and grpo_args.sft_warmup_steps:
-        if is_main_process():
-            print(
-                f"[hftrain] no SFT output at {grpo_args.sft_output_dir!r}: {grpo_args.sft_warmup_steps} SFT steps first"
-            )
-        model = warm_up(model, tokenizer, train_dataset, grpo_args.sft_warmup_steps, training_args)
 
     # 4. Trainer: hftrain's GRPOTrainer is trl.GRPOTrainer plus task metrics at every evaluation and the monitor.
     trainer = GRPOTrainer(

@@ -102,6 +102,36 @@ RECIPES = {
         ],
         None,
     ),
+    "kto": (
+        [
+            "--bundled_train_size",
+            "32",
+            "--bundled_eval_size",
+            "8",
+            "--per_device_train_batch_size",
+            "8",
+            "--sft_output_dir",
+            "",
+            "--eval_strategy",
+            "no",
+        ],
+        None,
+    ),
+    "reward": (
+        [
+            "--bundled_train_size",
+            "32",
+            "--bundled_eval_size",
+            "8",
+            "--per_device_train_batch_size",
+            "8",
+            "--sft_output_dir",
+            "",
+            "--eval_strategy",
+            "no",
+        ],
+        2,
+    ),
     "diffusion": (
         [
             "--max_train_samples",

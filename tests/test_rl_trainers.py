@@ -7,6 +7,7 @@ The drop-in equality with upstream (same losses, same weights) is in tests/test_
 import copy
 import json
 import os
+import runpy
 import sqlite3
 
 import pytest
@@ -175,3 +176,37 @@ def test_metrics_of_another_trainer_kind_are_refused(metric, trainer_name, token
     with pytest.raises(ConfigError, match="does not generate"):
         hftrain.RewardTrainer(build_tiny_reward_model(tokenizer, hidden_size=32), args, train_dataset=train,
                               eval_dataset=evaluation, processing_class=tokenizer)  # fmt: skip
+
+
+RECIPE_FLAGS = ["--max_steps", "4", "--bundled_train_size", "32", "--bundled_eval_size", "8", "--tiny_hidden_size", "32",
+                "--tiny_num_layers", "1", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8",
+                "--eval_steps", "2", "--save_steps", "2", "--logging_steps", "1", "--disable_tqdm", "true"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "printed", "metric"),
+    [
+        ("kto", "held-out preference accuracy", "eval_kto_reward_gap"),
+        ("reward", "pairwise accuracy", "eval_pairwise_accuracy"),
+    ],
+)
+def test_preference_recipes_run_offline_and_print_before_and_after(name, printed, metric, tmp_path, capsys):
+    main = runpy.run_path(os.path.join(os.path.dirname(os.path.dirname(__file__)), "recipes", f"{name}.py"))["main"]
+    out = tmp_path / name
+    trainer, metrics = main(["--output_dir", str(out), "--sft_output_dir", str(tmp_path / "none"), *RECIPE_FLAGS])
+    text = capsys.readouterr().out
+    assert f"{printed} before training" in text and f"{printed} after training" in text
+    assert trainer.state.global_step == 4 and metric in metrics
+    assert (out / "README.md").exists() and (out / "model.safetensors").exists()
+
+
+def test_reward_recipe_puts_a_score_head_on_the_sft_output(tmp_path, capsys):
+    tokenizer = build_tokenizer()
+    sft = tmp_path / "sft-default"
+    build_tiny_causal_lm(tokenizer, hidden_size=32, num_layers=1, num_heads=1).save_pretrained(sft)
+    tokenizer.save_pretrained(sft)
+    main = runpy.run_path(os.path.join(os.path.dirname(os.path.dirname(__file__)), "recipes", "reward.py"))["main"]
+    trainer, _ = main(["--output_dir", str(tmp_path / "rm"), "--sft_output_dir", str(sft), *RECIPE_FLAGS])
+    assert f"reward model on {sft}" in capsys.readouterr().out
+    assert type(trainer.model).__name__ == "LlamaForSequenceClassification" and trainer.model.config.num_labels == 1
+    assert "AutoModelForSequenceClassification" in (tmp_path / "rm" / "README.md").read_text()
