@@ -10,7 +10,7 @@ TRL's configs live in `hftrain.config.trl` so that plain `Trainer` users never p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 import transformers
 
@@ -157,6 +157,15 @@ class ScriptArguments:
     bundled_eval_size: int = field(
         default=200, metadata={"help": "Held-out rows of the bundled dataset (generated with a different seed)."}
     )
+    # A list of mappings in YAML; one JSON string on the command line (argparse takes one value per flag).
+    datasets: Union[list[dict], str, None] = field(
+        default=None,
+        metadata={
+            "help": "A mixture instead of `dataset_name`: a list of datasets, each {path, name, split, columns, rows "
+            "or fraction, weight, test_split} (README: Dataset mixtures). In YAML a list; on the command line the "
+            'same list as JSON, e.g. \'[{"path": "a.jsonl", "weight": 3}, {"path": "b.jsonl", "weight": 1}]\'.'
+        },
+    )
 
     def __post_init__(self):
         if not 0.0 <= self.eval_holdout <= 0.5:
@@ -168,3 +177,19 @@ class ScriptArguments:
         for name in ("bundled_train_size", "bundled_eval_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: expected a positive number of rows, got {getattr(self, name)}")
+        if self.datasets is not None:
+            self._parse_mixture()
+
+    def _parse_mixture(self) -> None:
+        """`datasets` becomes its parsed entries, and `dataset_name` its label: recipes that tell a named dataset
+        from their bundled default by `dataset_name` (and the model card) then see the mixture."""
+        from ..mixtures import mixture_label, parse_mixture
+
+        entries = parse_mixture(self.datasets)
+        label = mixture_label(entries)
+        if self.dataset_name and self.dataset_name != label:  # the label itself: these arguments built again
+            raise ConfigError(
+                f"datasets: a mixture replaces dataset_name ({self.dataset_name!r}); remove dataset_name, or list "
+                "that dataset as an entry of datasets"
+            )
+        self.datasets, self.dataset_name = list(entries), label
