@@ -3,8 +3,8 @@
 One function decides which callbacks a run gets, so every loop (transformers' Trainer family through its adapter,
 the diffusion loop natively) gets the same set through the host contract (`hftrain.host`). Each feature module owns
 its callback class and its state; this module only composes them. Every callback can be switched off: with
-`curriculum` unset, `eval_metrics` empty, `monitor`, `early_stopping_patience`, `graceful_signals`,
-`checkpoint_marker` and `tracker` off and no alert webhook, the list is exactly the parent's.
+`curriculum` and `keep_best_checkpoints` unset, `eval_metrics` empty, `monitor`, `early_stopping_patience`,
+`graceful_signals`, `checkpoint_marker` and `tracker` off and no alert webhook, the list is exactly the parent's.
 """
 
 from __future__ import annotations
@@ -44,6 +44,10 @@ def build_callbacks(host: Any) -> list[TrainerCallback]:
         from .checkpoints import CheckpointMarkerCallback
 
         callbacks.append(CheckpointMarkerCallback(host))
+    if settings.keep_best_checkpoints:
+        from .retention import BestCheckpointsCallback
+
+        callbacks.append(BestCheckpointsCallback(settings.keep_best_checkpoints))
     from .tracking.settings import tracker_callback_for
 
     tracker = tracker_callback_for(host, settings)

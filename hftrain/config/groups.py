@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ..errors import ConfigError
+from .checkpointing import RetentionArguments
 
 __all__ = [
     "ACTIONS",
@@ -636,7 +637,13 @@ def check_upstream_ranges(args: Any) -> None:
 
 @dataclass(kw_only=True)
 class HFTrainArguments(
-    RunArguments, TrackerArguments, EvalMetricsArguments, CurriculumArguments, MonitorArguments, AlertArguments
+    RunArguments,
+    TrackerArguments,
+    EvalMetricsArguments,
+    CurriculumArguments,
+    MonitorArguments,
+    AlertArguments,
+    RetentionArguments,
 ):
     """All of hftrain's settings. Each arguments class of the family is `(HFTrainArguments, upstream class)`."""
 
@@ -656,6 +663,7 @@ class HFTrainArguments(
         self._check_curriculum()
         self._check_monitor()
         self._check_alerts()
+        self._check_retention()
         check_upstream_ranges(self)
         self._check_against_upstream()
 
