@@ -36,14 +36,15 @@ def global_batch(args: Any, world_size: Optional[int] = None) -> int:
 def resolve_arguments(args: Any, explicit: Optional[frozenset] = None) -> Any:
     """`args` ready to train with on this machine (see the module docstring); `ConfigError` names what cannot run.
 
-    `explicit`: the fields the user named in YAML or on the command line (`HFTrainParser.explicit_fields`), so a
-    preset never overrides them even at their default value."""
+    `explicit`: the fields the user named in YAML, the environment or on the command line
+    (`HFTrainParser.explicit_fields`), so a preset never overrides them even at their default value."""
     if not isinstance(args, HFTrainArguments) or getattr(args, "_hftrain_resolved", False):
         return args  # a parent's arguments class: behave like the parent
     check_feature_settings(args)
     check_launch_environment(args)
     from .hub import check_push_settings
     from .presets import preset_changes
+    from .retention import retention_changes
 
     check_push_settings(args)
     changes: dict[str, Any] = {}
@@ -54,14 +55,27 @@ def resolve_arguments(args: Any, explicit: Optional[frozenset] = None) -> Any:
     view = rebuilt(args, changes) if changes else args
     preset, report = _without_packing_under_curriculum(args, *preset_changes(view, explicit))
     changes.update(preset)
+    retention, retention_report = retention_changes(args, explicit)
+    changes.update(retention)
     changes.update(_early_stopping_changes(args))
     changes.update(_global_batch_changes(args))
     resolved = rebuilt(args, changes) if changes else args
-    resolved.hftrain_preset_report = report
+    resolved.hftrain_preset_report = report + retention_report
+    _record_sources(args, resolved, changes, preset)
     resolved._hftrain_resolved = True
     for line in report:
         logger.info(line)
     return resolved
+
+
+def _record_sources(args: Any, resolved: Any, changes: dict[str, Any], preset: dict[str, Any]) -> None:
+    """Where each value came from (`HFTrainParser.config_sources`: yaml, env, flag, ...), plus the fields this step
+    changed: `preset` for the optimization preset's, `resolved` for the others (use_cpu, the global batch, early
+    stopping, save_total_limit), so the run's record never names the user's YAML for a value hftrain replaced."""
+    sources = dict(getattr(args, "hftrain_config_sources", None) or {})
+    sources.update({name: "preset" if name in preset else "resolved" for name in changes})
+    if sources:
+        resolved.hftrain_config_sources = sources
 
 
 def _without_packing_under_curriculum(args: Any, preset: dict, report: list) -> tuple[dict, list]:

@@ -1,12 +1,15 @@
-"""`HFTrainParser`: YAML first, then command-line flags; errors name the key.
+"""`HFTrainParser`: YAML first, then `HFTRAIN_<FIELD>` environment variables, then command-line flags; errors
+name the key (or the variable).
 
-YAML values become the tokens a user would type, placed before the real command line, so argparse checks their
-types and the command line wins. After parsing, `explicit_fields` names every field the user wrote (even at its
-default value), which `hftrain.launch` needs to let a preset fill only what the user left open.
+YAML values and environment variables become the tokens a user would type, placed before the real command line, so
+argparse checks their types and the command line wins. After parsing, `explicit_fields` names every field the user
+wrote (even at its default value), which `hftrain.launch` needs to let a preset fill only what the user left open,
+and `config_sources` says where each of them came from (recorded with the run).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import os
@@ -16,23 +19,35 @@ from typing import Any, Optional
 
 import yaml
 from transformers import HfArgumentParser
+from transformers.utils import logging
 
 from ..errors import ConfigError
+from .environment import ENV_PREFIX, KEPT_VARIABLES, env_values, field_of_variable, hftrain_variables
+
+logger = logging.get_logger(__name__)
 
 __all__ = ["HFTrainParser"]
 
+# transformers' deprecated field names (5.20) and their new names: the bundled configs use the new ones
+_RENAMED = (
+    ("gradient_checkpointing", "activation_checkpointing"),
+    ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"),
+)
+
 
 class HFTrainParser(HfArgumentParser):
-    """`HfArgumentParser` that reads `--config FILE.yaml` first and lets command-line flags override it.
+    """`HfArgumentParser` that reads `--config FILE.yaml` first, then `HFTRAIN_<FIELD>` variables, and lets
+    command-line flags override both.
 
-    YAML values are turned into the same tokens a user would type, placed before the real command line, so
-    argparse checks their types and the command line wins. Errors raise `ConfigError` (one line, naming the key)
-    instead of printing usage and exiting.
+    YAML values and variables are turned into the same tokens a user would type, placed before the real command
+    line, so argparse checks their types and the command line wins. Errors raise `ConfigError` (one line, naming the
+    key or variable) instead of printing usage and exiting.
     """
 
     def __init__(self, dataclass_types, **kwargs):
         types = list(dataclass_types) if isinstance(dataclass_types, (list, tuple)) else [dataclass_types]
         self.explicit_fields: frozenset = frozenset()
+        self.config_sources: dict[str, str] = {}
         # HfArgumentParser narrows `field.type` in place (`str | list[str]` becomes `str`) on Field objects that
         # subclasses share, so read the declared types from the class annotations: they say which keys may hold
         # a list or a mapping in YAML.
@@ -56,8 +71,9 @@ class HFTrainParser(HfArgumentParser):
         super()._parse_dataclass_field(parser, field)
 
     def parse_args_and_config(self, args: Optional[list[str]] = None, base_config: Optional[str] = None) -> tuple:
-        """The dataclasses from `--config FILE` then the flags. `base_config`: a YAML read when no `--config` is
-        given (a recipe's bundled defaults); its keys are defaults, not fields the user named."""
+        """The dataclasses from `--config FILE`, then `HFTRAIN_<FIELD>` variables, then the flags. `base_config`: a
+        YAML read when no `--config` is given (a recipe's bundled defaults); its keys are defaults, not fields the
+        user named. Each returned object carries `hftrain_config_sources` (see `config_sources`)."""
         argv = list(sys.argv[1:] if args is None else args)
         config_path, argv = _pop_config_flag(argv)
         user_config = config_path is not None
@@ -66,28 +82,80 @@ class HFTrainParser(HfArgumentParser):
         self._yaml_defaults: set[str] = set()
         if config_path is not None:
             config_tokens = self._config_to_tokens(config_path)
-        namespace, remaining = self.parse_known_args(args=config_tokens + argv)
+        flag_fields = self._given_fields(argv)
+        env_tokens, env_fields = self._environment_tokens(skip=flag_fields)
+        namespace, remaining = self.parse_known_args(args=config_tokens + env_tokens + argv)
         if remaining:
             raise ConfigError(f"unknown command-line argument(s): {' '.join(remaining)}{self._suggest(remaining[0])}")
-        values = vars(namespace)
-        named = self._given_fields(config_tokens + argv) | set(self._yaml_defaults) if user_config else set()
-        self.explicit_fields = frozenset(named | self._given_fields(argv))
-        outputs = []
-        for dtype in self.dataclass_types:
-            keys = {f.name for f in dataclasses.fields(dtype) if f.init}
-            try:
-                outputs.append(dtype(**{k: v for k, v in values.items() if k in keys}))
-            except ConfigError:
-                raise
-            except (ValueError, TypeError) as exc:  # raised by a dataclass __post_init__
-                raise ConfigError(f"{dtype.__name__}: {str(exc).strip().splitlines()[0]}") from exc
-        return tuple(outputs)
+        typed = flag_fields | set(env_fields)
+        for old, new in _RENAMED:  # else transformers lets a config's new name silently win over a typed old one
+            if old in typed and new not in typed and new in vars(namespace):
+                setattr(namespace, new, getattr(namespace, old))
+        yaml_fields = self._given_fields(config_tokens) | self._yaml_defaults
+        self.explicit_fields = frozenset((yaml_fields if user_config else set()) | set(env_fields) | flag_fields)
+        sources = {
+            **dict.fromkeys(yaml_fields, "yaml" if user_config else "recipe_yaml"),
+            **dict.fromkeys(env_fields, "env"),
+            **dict.fromkeys(flag_fields, "flag"),
+        }
+        self.config_sources = dict(sorted(sources.items()))
+        outputs = tuple(self._build(dtype, vars(namespace), env_fields) for dtype in self.dataclass_types)
+        for output in outputs:
+            with contextlib.suppress(AttributeError, TypeError):  # a frozen or slotted dataclass of the caller's
+                output.hftrain_config_sources = dict(self.config_sources)
+        return outputs
+
+    def _build(self, dtype: type, values: dict[str, Any], env_fields: dict[str, str]) -> Any:
+        """`dtype` from the parsed values; a check that fails on a value from the environment names the variable."""
+        keys = {f.name for f in dataclasses.fields(dtype) if f.init}
+        try:
+            return dtype(**{k: v for k, v in values.items() if k in keys})
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}{_env_hint(str(exc), env_fields)}") from exc
+        except (ValueError, TypeError) as exc:  # raised by a dataclass __post_init__
+            message = f"{dtype.__name__}: {str(exc).strip().splitlines()[0]}"
+            raise ConfigError(f"{message}{_env_hint(message, env_fields)}") from exc
+
+    # -- the environment --------------------------------------------------------------------------------------
+    def _environment_tokens(self, skip: set[str]) -> tuple[list[str], dict[str, str]]:
+        """The tokens of the `HFTRAIN_<FIELD>` variables (fields in `skip`, given as flags, left out: the flag wins)
+        and {field: variable}. Other `HFTRAIN_*` variables, but the kept ones, are named in one warning each: a
+        variable exported for another recipe (`HFTRAIN_BETA` for DPO) must not stop this one."""
+        tokens: list[str] = []
+        fields: dict[str, str] = {}
+        for variable in hftrain_variables():
+            field = field_of_variable(variable, self._declared_types)
+            action = self._option_string_actions.get(f"--{field}") if field else None
+            if action is None or action.dest != field:
+                self._warn_unknown_variable(variable)
+                continue
+            values = env_values(variable, field, action)
+            if field not in skip:
+                tokens += [f"--{field}", *values]
+                fields[field] = variable
+        return tokens, fields
+
+    def _warn_unknown_variable(self, variable: str) -> None:
+        if variable in KEPT_VARIABLES or os.environ.get("RANK", "0") != "0":  # one warning per launch, not per rank
+            return
+        name = variable[len(ENV_PREFIX) :].lower()
+        close = difflib.get_close_matches(name, list(self._declared_types), n=1)
+        hint = f" (did you mean {ENV_PREFIX}{close[0].upper()}?)" if close else ""
+        logger.warning(f"{variable}: names no field of this recipe; ignored{hint}")
 
     # -- YAML -------------------------------------------------------------------------------------------------
     def _config_to_tokens(self, path: str) -> list[str]:
         data = read_yaml_mapping(path, "--config") or {}
         self._yaml_defaults = set()
-        for name, value in (data.pop("env", None) or {}).items():
+        variables = data.pop("env", None) or {}
+        for name, value in variables.items():
+            field = field_of_variable(str(name), self._declared_types)
+            if field is not None:  # checked before any is set: a refused file changes nothing
+                raise ConfigError(
+                    f"--config {path}: env: {name} would set field {field}; write `{field}: {value}` as a key "
+                    "of the file instead"
+                )
+        for name, value in variables.items():
             os.environ[str(name)] = str(value)
         tokens: list[str] = []
         for key, value in data.items():
@@ -148,6 +216,14 @@ def read_yaml_mapping(path: str, flag: str) -> Optional[dict]:
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{flag} {path}: expected a mapping of field: value, got {type(data).__name__}")
     return data
+
+
+def _env_hint(message: str, env_fields: dict[str, str]) -> str:
+    """` (from HFTRAIN_X)` for the first field from the environment that `message` names, else ''."""
+    for field, variable in env_fields.items():
+        if re.search(rf"(?<![\w]){re.escape(field)}(?![\w])", message):
+            return f" (from {variable}={os.environ.get(variable, '')!r})"
+    return ""
 
 
 def _declared_type(dtype: type, name: str) -> str:
