@@ -17,6 +17,7 @@ import time
 from typing import Any, Optional
 
 from ..errors import HFTrainError, TrackerError, report_user_error
+from .lineage import PARENT_PATH_TAG, PARENT_TAG
 from .report import differing_params, render_report
 from .store import TrackerStore
 
@@ -220,6 +221,7 @@ def _cmd_show(args) -> int:
     with _store(args) as store:
         run = store.run_details(store.resolve(args.run)["id"])
         run["events"] = store.events(run["id"])
+        run["parent"] = _parent_of(store, run)
     if args.json:
         print(json.dumps(run, indent=1, default=str))
         return 0
@@ -234,6 +236,8 @@ def _show_overview(run: dict[str, Any]) -> None:
     for key in ("experiment", "status", "trainer", "output_dir", "host", "command", "error"):
         if run.get(key):
             print(f"  {key:<11} {run[key]}")
+    if run.get("parent"):
+        print(f"  {'parent':<11} {_parent_text(run['parent'])}")
     print(f"  {'started':<11} {_when(run['start_time'])}  ({_duration(run)}, last step {run['last_step']})")
     if run.get("git_commit"):
         print(f"  {'git':<11} {run['git_commit'][:12]} on {run['git_branch']}{' (dirty)' if run['git_dirty'] else ''}")
@@ -248,6 +252,27 @@ def _show_overview(run: dict[str, Any]) -> None:
     print(f"  {'libraries':<11} {libs}")
     if run["tags"]:
         print("  tags        " + ", ".join(f"{k}={v}" for k, v in run["tags"].items()))
+
+
+def _parent_of(store, run: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """The run this one started from (its `parent_run` tag, `hftrain.tracking.lineage`): that run's row when it is
+    in this database, else only its uuid; the folder it started from in `path`."""
+    uuid = run["tags"].get(PARENT_TAG)
+    if not uuid:
+        return None
+    found = store.run_by_uuid(uuid)
+    parent = {k: found[k] for k in ("id", "uuid", "name", "experiment", "status")} if found else {"uuid": uuid}
+    return {**parent, "path": run["tags"].get(PARENT_PATH_TAG)}
+
+
+def _parent_text(parent: dict[str, Any]) -> str:
+    where = f" (started from {parent['path']})" if parent.get("path") else ""
+    if "id" not in parent:
+        return f"{parent['uuid']}, not in this database{where}"
+    return (
+        f"run {parent['id']}  {parent['uuid'][:8]}  {parent['name'] or ''}  "
+        f"(experiment {parent['experiment']}, {parent['status']}){where}"
+    )
 
 
 def _show_records(run: dict[str, Any]) -> None:
