@@ -97,6 +97,8 @@ def test_push_uploads_exact_files_with_card_and_history(sft_main, tmp_path, monk
     assert "| global_batch_size | 16 |" in card and "| effective_batch_size | 16 |" in card
     assert "Best checkpoint (step" in card and "## Curriculum" in card and "run_history/history.csv" in card
     assert "hf_test_token_123" not in card
+    # the loading code reads from the Hub repo it was pushed to, not the local folder
+    assert "AutoModelForCausalLM.from_pretrained('someone/tiny-sft')" in card and str(out) not in card
     history = (out / "run_history" / "history.csv").read_text().splitlines()
     assert history[0] == "key,step,value,epoch,wall_time" and any(line.startswith("loss,2,") for line in history)
     record = json.loads((out / "hftrain_push.json").read_text())
