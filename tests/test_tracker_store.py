@@ -426,3 +426,44 @@ def test_writes_queued_behind_a_commit_are_committed_together_and_each_stays_who
     summary = reader.summary(run)["loss"]
     assert (summary["last_step"], summary["min_value"], summary["max_value"]) == (3, 1.0, 3.0)
     assert failures == [("log", 2, "disk hiccup")]
+
+
+def test_packing_builds_chunks_from_the_rows_this_connection_wrote(tmp_path):
+    """The writer's own rows since the last pack are kept in memory, so packing never reads the metrics table back
+    while the tail is known; rewrites of unpacked steps, older unpacked steps logged late and NaN all land in the
+    chunks exactly as the rows hold them, and an unknown tail (a resume) falls back to reading the rows."""
+    path = str(tmp_path / "runs.db")
+    with TrackerStore(path) as store:
+        run = store.create_run("e", "run")
+        statements: list[str] = []
+        store.conn.set_trace_callback(statements.append)
+        for step in range(1, 121):
+            store.log_metrics(run, step, {"loss": float("nan") if step % 9 == 0 else 1.0 / step, "acc": step / 100})
+        store.log_metrics(run, 120, {"loss": 7.0})  # the newest step logged again: replaced
+        store.log_metrics(run, 50, {"eval": 0.5})  # a new curve starting behind the others' newest step
+        store.log_metrics(run, 30, {"eval": 0.3})  # ... and a point behind its own newest, still unpacked
+        statements.clear()
+        assert store.pack_curves(run, below_step=100) == 2 * 99 + 2
+        assert not [s for s in statements if "FROM metrics " in s]  # built from memory
+        for step in range(121, 201):
+            store.log_metrics(run, step, {"loss": 1.0 / step, "acc": step / 100})
+        statements.clear()
+        assert store.pack_curves(run) == 2 * 101
+        assert not [s for s in statements if "FROM metrics " in s]
+        store.conn.set_trace_callback(None)
+        for key in ("loss", "acc", "eval"):
+            assert store.curve_points(run, key) == _row_points(store, run, key)
+        assert dict(store.curve_points(run, "loss"))[120] == 7.0 and store.curve_points(run, "eval") == [
+            (30, 0.3),
+            (50, 0.5),
+        ]
+        store.resume_run(run, 150)  # the tail is unknown again: the next pack reads the rows once
+        for step in range(151, 171):
+            store.log_metrics(run, step, {"loss": 2.0 / step})
+        statements.clear()
+        store.conn.set_trace_callback(statements.append)
+        assert store.pack_curves(run) == 51 + 20 + 51  # the chunk past step 150 went: loss and acc from step 100
+        assert [s for s in statements if "FROM metrics " in s]
+        store.conn.set_trace_callback(None)
+        for key in ("loss", "acc"):
+            assert store.curve_points(run, key) == _row_points(store, run, key)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import sqlite3
 import sys
 from array import array
+from bisect import bisect_left
 from typing import Optional
 
 from .writes import _RunCache
@@ -43,46 +44,49 @@ class PackedCurvesMixin:
         per curve, skipping curves with fewer than `min_points` new points; returns the points packed.
 
         The trainer's tracker calls this at each checkpoint (below the current step, so a value still logged at
-        that step later is never behind a chunk) and once at the end of training (everything)."""
-        packed_points = 0
-        with self.transaction() as conn:
+        that step later is never behind a chunk) and once at the end of training (everything). The points come from
+        the rows this connection committed (`_RunCache.tail`); when those are unknown, from the table."""
+        packed_points, left = 0, []
+        with self.transaction():
             cache = self._run_cache(run_id)  # current: re-read if another connection wrote since
-            after = {key_id: cache.packed.get(key_id, -1) for key_id in cache.summaries}  # every curve of the run
-            if not after:
-                return 0
             limit = (1 << 62) if below_step is None else int(below_step)
-            new: dict[int, list] = {key_id: [] for key_id in after}
-            for key_id, step, value in conn.execute(  # one pass over the run's rows after its least-packed curve
-                "SELECT key_id, step, value FROM metrics WHERE run_id = ? AND step > ? AND step < ? ORDER BY step",
-                (run_id, min(after.values()), limit),
-            ):
-                if step > after.get(key_id, limit):
-                    new[key_id].append((step, value))
-            for key_id, rows in new.items():
-                if not rows or len(rows) < min_points:
-                    continue
-                steps = array("q", [r[0] for r in rows])
-                values = array("d", [_NAN if r[1] is None else r[1] for r in rows])
-                if _BIG_ENDIAN:
-                    steps.byteswap()
-                    values.byteswap()
-                conn.execute(
-                    "INSERT INTO metric_chunks(run_id, key_id, first_step, last_step, points, has_nan, steps, vals) "
-                    "VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        run_id,
-                        key_id,
-                        rows[0][0],
-                        rows[-1][0],
-                        len(rows),
-                        int(any(r[1] is None for r in rows)),
-                        steps.tobytes(),
-                        values.tobytes(),
-                    ),
-                )
-                packed_points += len(rows)
-                cache.packed[key_id] = rows[-1][0]
+            tail = self._read_tail(run_id, cache) if cache.tail is None else cache.tail
+            for key_id, (steps, values) in _curves(tail).items():
+                count = bisect_left(steps, limit)
+                if count and count >= min_points:
+                    self._write_chunk(run_id, key_id, steps[:count], values[:count])
+                    packed_points += count
+                    cache.packed[key_id] = steps[count - 1]
+                else:
+                    count = 0
+                left.extend((run_id, key_id, step, value) for step, value in zip(steps[count:], values[count:]))
+        cache.tail, cache.tail_points = [left], len(left)  # committed: the packed points leave the tail
         return packed_points
+
+    def _read_tail(self, run_id: int, cache: "_RunCache") -> list:
+        """The run's rows that no chunk covers yet, read in one pass from its least-packed curve on, in the shape of
+        `_RunCache.tail`."""
+        after = {key_id: cache.packed.get(key_id, -1) for key_id in cache.summaries}  # every curve of the run
+        if not after:
+            return []
+        rows = self.conn.execute(
+            "SELECT run_id, key_id, step, value FROM metrics WHERE run_id = ? AND step > ? ORDER BY step",
+            (run_id, min(after.values())),
+        ).fetchall()
+        return [[row for row in rows if row[2] > after.get(row[1], 1 << 62)]]
+
+    def _write_chunk(self, run_id: int, key_id: int, steps: list, values: list) -> None:
+        step_array = array("q", steps)
+        value_array = array("d", [_NAN if v is None else v for v in values])
+        if _BIG_ENDIAN:
+            step_array.byteswap()
+            value_array.byteswap()
+        self.conn.execute(
+            "INSERT INTO metric_chunks(run_id, key_id, first_step, last_step, points, has_nan, steps, vals) "
+            "VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
+            (run_id, key_id, steps[0], steps[-1], len(steps), int(None in values), step_array.tobytes(),
+             value_array.tobytes()),
+        )  # fmt: skip
 
     def curve_points(self, run_id: int, key: str) -> list[tuple[int, Optional[float]]]:
         """The full history of one metric as `(step, value)` pairs by step (value None for NaN), never downsampled:
@@ -122,3 +126,30 @@ class PackedCurvesMixin:
             points.extend(zip(steps, [None if v != v else v for v in values] if has_nan else values))
         points.extend(rows)
         return points
+
+
+def _curves(tail: list) -> dict[int, tuple[list, list]]:
+    """Per curve, the steps in order and their values (NaN as None, as the rows hold them; a step written twice
+    keeps its last value) of a tail's row tuples `(run_id, key_id, step, value, ...)`."""
+    curves: dict[int, tuple[list, list]] = {}
+    for rows in tail:
+        for row in rows:
+            key_id, step, value = row[1], row[2], row[3]
+            if value is not None and value != value:
+                value = None
+            curve = curves.get(key_id)
+            if curve is None:
+                curves[key_id] = ([step], [value])
+                continue
+            steps, values = curve
+            if step > steps[-1]:
+                steps.append(step)
+                values.append(value)
+                continue
+            index = bisect_left(steps, step)
+            if steps[index] == step:
+                values[index] = value
+            else:
+                steps.insert(index, step)
+                values.insert(index, value)
+    return curves
