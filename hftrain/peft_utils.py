@@ -19,17 +19,31 @@ def _cuda_available() -> bool:
     return cuda_usable()
 
 
+def _bitsandbytes_installed() -> bool:
+    from .machine import package_installed
+
+    return package_installed("bitsandbytes")
+
+
+# bitsandbytes is an optional extra: as a hard dependency it printed a kernels message on every CPU run.
+QLORA_EXTRA = "pip install 'hftrain[qlora]'"
+
+
 def check_model_arguments(model_args: Any) -> None:
-    """Refuse k-bit loading on a machine without a CUDA GPU (bitsandbytes needs one), before anything loads.
+    """Refuse k-bit loading without a CUDA GPU or without bitsandbytes (the `qlora` extra), before anything loads.
 
     The pure checks of these fields run when `ModelArguments` is built; this one looks at the machine, so it runs
     in `hftrain.launch.resolve_arguments`."""
-    if (model_args.load_in_4bit or model_args.load_in_8bit) and not _cuda_available():
-        flag = "load_in_4bit" if model_args.load_in_4bit else "load_in_8bit"
-        raise ConfigError(
-            f"{flag}: QLoRA/k-bit loading needs a CUDA GPU (bitsandbytes) and none is visible; "
-            f"drop --{flag} (plain LoRA with --use_peft runs on CPU)"
-        )
+    if not (model_args.load_in_4bit or model_args.load_in_8bit):
+        return
+    flag = "load_in_4bit" if model_args.load_in_4bit else "load_in_8bit"
+    gpu, package = _cuda_available(), _bitsandbytes_installed()
+    if gpu and package:
+        return
+    needs = [] if gpu else ["a CUDA GPU (none is visible)"]
+    needs += [] if package else [f"bitsandbytes (not installed: {QLORA_EXTRA})"]
+    fallback = "" if gpu else " (plain LoRA with --use_peft runs on CPU)"
+    raise ConfigError(f"{flag}: QLoRA/k-bit loading needs {' and '.join(needs)}; drop --{flag}{fallback}")
 
 
 def quantization_config(model_args: Any):

@@ -50,7 +50,7 @@ CARRIED = (
     ("trl", "trl", None),
     ("datasets", "datasets", None),
     ("diffusers", "diffusers", None),
-    ("bitsandbytes", "bitsandbytes", None),
+    ("bitsandbytes", "bitsandbytes", "0.50.2"),  # hftrain's optional qlora extra: CI does not install it
     ("liger-kernel", "liger_kernel", "0.8.5"),  # the aggressive/extreme presets' kernels
     ("dill", "dill", None),  # datasets' pure-Python dependencies the image lacks
     ("multiprocess", "multiprocess", None),

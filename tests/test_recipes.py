@@ -227,6 +227,7 @@ def test_every_config_parses(name, monkeypatch):
     path = os.path.join(REPO, "recipes", "configs", name)
     # QLoRA configs are refused on CPU at parse time (by design); the rest of the file must still be valid.
     monkeypatch.setattr("hftrain.peft_utils._cuda_available", lambda: "qlora" in name)
+    monkeypatch.setattr("hftrain.peft_utils._bitsandbytes_installed", lambda: "qlora" in name)  # the qlora extra
     monkeypatch.setattr("hftrain.presets.cuda_usable", lambda args: False)
     monkeypatch.setattr("hftrain.presets.bf16_unavailable_reason", lambda args: "test: no GPU")
     from hftrain import HFTrainArguments, ModelArguments
