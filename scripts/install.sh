@@ -13,7 +13,8 @@ TORCH_REQ="${HFTRAIN_TORCH:-torch==2.13.0}"
 if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   "$PY" -m pip install --quiet "$TORCH_REQ"
 fi
-if "$PY" scripts/installed.py "$EXTRAS"; then
+# An install of this checkout from before recipes/ became `hftrain.recipes` lacks `hftrain sft`: install it again.
+if "$PY" scripts/installed.py "$EXTRAS" && "$PY" -c "import hftrain.recipes" >/dev/null 2>&1; then
   :  # this checkout and all it needs are installed already: no pip, no network
 elif [ -n "$EXTRAS" ]; then
   "$PY" -m pip install --quiet -e ".[${EXTRAS}]"
