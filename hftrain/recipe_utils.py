@@ -11,6 +11,7 @@ import time
 from typing import Callable, Iterator, Mapping, Optional, Sequence
 
 from .errors import DataError, HFTrainError, ModelLoadError, report_user_error
+from .model_card import Headline
 from .validation import SFT_ROWS
 
 __all__ = [
@@ -28,6 +29,9 @@ __all__ = [
     "load_seq2seq_lm",
     "apply_peft",
     "finish_run",
+    "finish_diffusion_run",
+    "Headline",
+    "record_parent_run",
     "push_if_asked",
     "untracked",
 ]
@@ -71,30 +75,17 @@ def is_main_process() -> bool:
 
 # -- data ----------------------------------------------------------------------------------------------------
 def load_dataset_splits(script_args, bundled: Callable[[], tuple], seed: int = 42, formats: Sequence[Mapping] = ()):
-    """(train, eval) datasets: the bundled default when `dataset_name` is empty, else a Hub id, a directory or a
-    data file. Without a test split, `eval_holdout` of train is held out. `formats`: the column groups the recipe
-    can train on, each column with its kind (`hftrain.validation`); a named dataset must have one of them, and
-    every row's values are checked (the first bad row is named) before anything is split or tokenised."""
-    if not script_args.dataset_name:
+    """(train, eval) datasets: a mixture when `datasets` is set (`hftrain.mixtures`), else the bundled default when
+    `dataset_name` is empty, else a Hub id, a directory or a data file. Without a test split, `eval_holdout` of
+    train is held out. `formats`: the column groups the recipe can train on, each column with its kind
+    (`hftrain.validation`); a named dataset (each dataset of a mixture) must have one of them, and every row's
+    values are checked (the first bad row is named) before anything is split or tokenised."""
+    if getattr(script_args, "datasets", None):  # an arguments class of a recipe's own may not have the field
+        train, evaluation = _load_mixture(script_args, seed, formats)
+    elif not script_args.dataset_name:
         train, evaluation = bundled()
     else:
-        splits = _load_named_dataset(script_args, formats)
-        train_split, test_split = script_args.dataset_train_split, script_args.dataset_test_split
-        if train_split not in splits:
-            raise DataError(
-                f"dataset_train_split: '{train_split}' is not a split of {script_args.dataset_name!r} "
-                f"(it has: {', '.join(splits)})"
-            )
-        train = splits[train_split]
-        _check_split_rows(script_args, train, "dataset_name", formats)
-        if test_split in splits:
-            evaluation = splits[test_split]
-            _check_split_rows(script_args, evaluation, "dataset_test_split", formats)
-        elif script_args.eval_holdout > 0:
-            parts = train.train_test_split(test_size=script_args.eval_holdout, seed=seed)
-            train, evaluation = parts["train"], parts["test"]
-        else:
-            evaluation = None
+        train, evaluation = _load_single_dataset(script_args, seed, formats)
     if script_args.max_train_samples:
         train = train.select(range(min(script_args.max_train_samples, len(train))))
     if evaluation is not None and script_args.max_eval_samples:
@@ -106,18 +97,75 @@ def load_dataset_splits(script_args, bundled: Callable[[], tuple], seed: int = 4
     return train, evaluation
 
 
-def _check_split_rows(script_args, split, what: str, formats: Sequence[Mapping]) -> None:
-    """Columns and row values of a loaded split. Local JSON files were checked line by line before loading
-    (`datasets` turns a column of mixed types into JSON values, so their types are only right in the file)."""
-    from .validation import check_rows, columns_error, pick_format
+def _load_single_dataset(script_args, seed: int, formats: Sequence[Mapping]):
+    name = script_args.dataset_name
+    splits = _load_named_dataset(name, script_args.dataset_config, script_args.dataset_train_split, formats)
+    train = _pick_split(splits, script_args.dataset_train_split, name, "dataset_train_split")
+    _check_split_rows(name, train, "dataset_name", formats)
+    if script_args.dataset_test_split in splits:
+        evaluation = splits[script_args.dataset_test_split]
+        _check_split_rows(name, evaluation, "dataset_test_split", formats)
+        return train, evaluation
+    if script_args.eval_holdout > 0:
+        parts = train.train_test_split(test_size=script_args.eval_holdout, seed=seed)
+        return parts["train"], parts["test"]
+    return train, None
+
+
+def _pick_split(splits, split: str, name: str, what: str):
+    if split not in splits:
+        raise DataError(f"{what}: '{split}' is not a split of {name!r} (it has: {', '.join(splits)})")
+    return splits[split]
+
+
+def _load_mixture(script_args, seed: int, formats: Sequence[Mapping]):
+    """Every entry checked (paths first, then columns and rows), cut and held out, then combined by weight."""
+    from .mixtures import combine_parts, describe, looks_local
+
+    entries = script_args.datasets
+    for entry in entries:  # every local path before any dataset loads: a typo in the last one fails at once
+        if looks_local(entry.path) and not os.path.exists(entry.path):
+            raise DataError(f"{entry.label}.path: no such file or folder: {entry.path}")
+    trains, evals = zip(*(_load_mixture_entry(entry, script_args.eval_holdout, seed, formats) for entry in entries))
+    train, evaluation = combine_parts(entries, trains, evals, seed)
+    if is_main_process():
+        print(f"[hftrain] {describe(entries, trains, train, evaluation)} (seed {seed})")
+    return train, evaluation
+
+
+def _load_mixture_entry(entry, eval_holdout: float, seed: int, formats: Sequence[Mapping]):
+    """(train, eval or None) of one mixture entry: its columns kept/renamed and checked, cut, eval held out."""
+    from .mixtures import cut_rows, hold_out, keep_columns
+
+    # its rows are checked once its columns are known: by the names they are trained under (`columns:` renames)
+    splits = _load_named_dataset(entry.path, entry.name, entry.split, what=f"{entry.label}.path")
+    train = keep_columns(entry, _pick_split(splits, entry.split, entry.path, f"{entry.label}.split"))
+    _check_split_rows(entry.path, train, entry.label, formats, entry.source_names)
+    train = cut_rows(entry, train)
+    if entry.test_split is None:
+        return hold_out(entry, train, eval_holdout, seed)
+    evaluation = keep_columns(entry, _pick_split(splits, entry.test_split, entry.path, f"{entry.label}.test_split"))
+    _check_split_rows(entry.path, evaluation, entry.label, formats, entry.source_names)
+    return train, evaluation
+
+
+def _check_split_rows(
+    source: str, split, what: str, formats: Sequence[Mapping], file_names: Optional[Mapping[str, str]] = None
+) -> None:
+    """Columns and row values of a loaded split of `source`. Local JSON files are checked in the file, not the
+    split (`datasets` turns a column of mixed types into JSON values, so their types are only right in the file):
+    a single dataset's before loading; a mixture entry's here, by `file_names` (column -> its name in the file)."""
+    from .validation import check_data_path, check_rows, columns_error, pick_format
 
     if not formats:
         return
     kinds = pick_format(split.column_names, formats)
     if kinds is None:
-        raise columns_error(what, formats, split.column_names)
-    if not _is_local_json(script_args.dataset_name):
+        raise columns_error(f"{what}.columns" if file_names is not None else what, formats, split.column_names)
+    if not _is_local_json(source):
         check_rows(split, kinds, what)
+    elif file_names is not None:
+        check_data_path(source, [{file_names.get(c, c): kind for c, kind in kinds.items()}], what)
 
 
 def _is_local_json(name: str) -> bool:
@@ -128,28 +176,30 @@ def _is_local_json(name: str) -> bool:
     )
 
 
-def _load_named_dataset(script_args, formats: Sequence[Mapping] = ()):
+def _load_named_dataset(
+    name: str, config: Optional[str], train_split: str, formats: Sequence[Mapping] = (), what: str = "dataset_name"
+):
+    """All splits of a local file or folder (a file is split `train_split`) or of a Hub dataset; `what` names the
+    field in errors."""
     import datasets
 
     from .validation import check_data_path
 
-    name = script_args.dataset_name
     if os.path.exists(name):
-        check_data_path(name, formats)  # empty, not UTF-8, a bad JSON line, a wrong value: named before loading
-        return _load_local_dataset(script_args)
+        check_data_path(name, formats, what)  # empty, not UTF-8, a bad JSON line, a wrong value: before loading
+        return _load_local_dataset(name, config, train_split, what)
     try:
-        return datasets.load_dataset(name, script_args.dataset_config)
+        return datasets.load_dataset(name, config)
     except Exception as exc:  # datasets raises many types (ConnectionError, FileNotFoundError, DatasetNotFoundError)
         raise DataError(
-            f"dataset_name: could not load {name!r}: it is not a local file or directory, and the Hub could not "
+            f"{what}: could not load {name!r}: it is not a local file or directory, and the Hub could not "
             f"provide it ({_first_line(exc)}){_offline_hint()}"
         ) from exc
 
 
-def _load_local_dataset(script_args):
+def _load_local_dataset(name: str, config: Optional[str], train_split: str, what: str):
     import datasets
 
-    name = script_args.dataset_name
     try:
         if os.path.isfile(name):
             extension = os.path.splitext(name)[1].lstrip(".").lower()
@@ -158,20 +208,20 @@ def _load_local_dataset(script_args):
             )
             if builder is None:
                 raise DataError(
-                    f"dataset_name: unsupported file type '.{extension}' (use .json, .jsonl, .csv, .parquet, .txt)"
+                    f"{what}: unsupported file type '.{extension}' (use .json, .jsonl, .csv, .parquet, .txt)"
                 )
-            return datasets.load_dataset(builder, data_files={script_args.dataset_train_split: name})
+            return datasets.load_dataset(builder, data_files={train_split: name})
         if os.path.isdir(name) and os.path.exists(os.path.join(name, "dataset_dict.json")):
             return datasets.load_from_disk(name)
         if os.path.isdir(name) and os.path.exists(os.path.join(name, "dataset_info.json")):
-            return datasets.DatasetDict({script_args.dataset_train_split: datasets.load_from_disk(name)})
-        return datasets.load_dataset(name, script_args.dataset_config)
+            return datasets.DatasetDict({train_split: datasets.load_from_disk(name)})
+        return datasets.load_dataset(name, config)
     except HFTrainError:
         raise
     except Exception as exc:  # a local path datasets cannot read: say what it said, not "not found"
         cause = exc.__cause__ or exc.__context__ or exc
         detail = _first_line(cause if type(exc).__name__ == "DatasetGenerationError" else exc)
-        raise DataError(f"dataset_name: {name} exists but could not be read as a dataset ({detail})") from exc
+        raise DataError(f"{what}: {name} exists but could not be read as a dataset ({detail})") from exc
 
 
 def require_columns(dataset, alternatives: Sequence[Sequence[str]], what: str) -> tuple[str, ...]:
@@ -471,11 +521,20 @@ def apply_peft(model, model_args, training_args, task_type: str = "CAUSAL_LM"):
 
 
 def finish_run(
-    trainer, *, model_args, recipe: str, dataset: str, task: str, push_target: Optional[dict], evaluate: bool = True
+    trainer,
+    *,
+    model_args,
+    recipe: str,
+    dataset: str,
+    task: str,
+    push_target: Optional[dict],
+    evaluate: bool = True,
+    headline: Optional[Headline] = None,
 ) -> dict:
-    """Save the model (or adapter) and tokenizer, evaluate, merge the adapter if asked, export the run history,
-    write hftrain's model card, push when asked, and print where everything is. Returns the eval metrics."""
-    from .hub import export_run_history, write_model_card
+    """Save the model (or adapter) and tokenizer, evaluate, measure the recipe's `headline` metric (its `value` is
+    set), merge the adapter if asked, record the run this one started from, export the run history, write hftrain's
+    model card, push when asked, and print where everything is. Returns the eval metrics."""
+    from .model_card import write_model_card
     from .peft_utils import merge_and_save
 
     args = trainer.args
@@ -487,10 +546,13 @@ def finish_run(
         metrics = trainer.evaluate()
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
+    if headline is not None:
+        headline.resolve(metrics)  # on every process: a measurement may generate, as the one before training did
     if not trainer.is_world_process_zero():
         return metrics
-    merged = merge_and_save(trainer.model, trainer.processing_class, output_dir) if model_args.merge_adapter else None
-    history = export_run_history(trainer, output_dir)
+    # the card first: it counts the adapter's parameters, which merging folds away
+    merging = model_args.merge_adapter and hasattr(trainer.model, "merge_and_unload")
+    parent, history = _lineage_and_history(trainer, model_args, output_dir)
     card = write_model_card(
         trainer,
         output_dir,
@@ -501,15 +563,77 @@ def finish_run(
         final_metrics=metrics or None,
         history_dir=history,
         repo_id=push_target["repo_id"] if push_target else None,
+        headline=headline,
+        parent=parent,
+        merged_dir=os.path.join(output_dir, "merged") if merging else None,
     )
+    merged = merge_and_save(trainer.model, trainer.processing_class, output_dir) if merging else None
     print(f"[hftrain] model and tokenizer saved to {os.path.abspath(output_dir)}")
     if merged:
         print(f"[hftrain] merged model (adapter folded in): {os.path.abspath(merged)}")
     print(f"[hftrain] metrics: {os.path.abspath(os.path.join(output_dir, 'all_results.json'))}")
     print(f"[hftrain] model card: {os.path.abspath(card)}")
-    _print_run_record(trainer, history)
+    _print_run_record(trainer, history, parent)
     push_if_asked(output_dir, push_target)
     return metrics
+
+
+def finish_diffusion_run(
+    trainer, output_dir: str, *, model_args, dataset: str, metrics: dict, push_target: Optional[dict], headline=None
+) -> str:
+    """The diffusion recipe's end on rank 0, after its pipeline is saved: record the run it started from, export
+    the run history, write the card (with the last sample grid), push when asked. Returns the card's path."""
+    from .model_card import write_diffusion_card
+
+    if headline is not None:
+        headline.resolve(metrics)
+    parent, history = _lineage_and_history(trainer, model_args, output_dir)
+    card = write_diffusion_card(
+        trainer,
+        output_dir,
+        dataset=dataset,
+        model_args=model_args,
+        final_metrics=metrics,
+        history_dir=history,
+        repo_id=push_target["repo_id"] if push_target else None,
+        headline=headline,
+        parent=parent,
+    )
+    _print_run_record(trainer, history, parent)
+    push_if_asked(output_dir, push_target)
+    return card
+
+
+def _lineage_and_history(trainer, model_args, output_dir: str) -> tuple[Optional[dict], Optional[str]]:
+    from .hub import export_run_history
+
+    parent = record_parent_run(trainer, getattr(model_args, "model_name_or_path", None))
+    return parent, export_run_history(trainer, output_dir, parent)
+
+
+def record_parent_run(trainer, starting_path: Optional[str]) -> Optional[dict]:
+    """The hftrain run whose output folder `starting_path` is (`hftrain.tracking.lineage.find_parent_run`), or
+    None; recorded in this run's tracker tags. The tracker already tagged the folder the model was loaded from when
+    the run began; this names the folder the recipe was given, which differs for an adapter (a model loaded from an
+    adapter folder reports its base's folder)."""
+    try:
+        from .tracking.callback import find_tracker
+        from .tracking.lineage import find_parent_run, parent_tags
+        from .tracking.store import TrackerStore
+    except ImportError:
+        return None
+    tracker = find_tracker(trainer)
+    db_path = tracker.db_path if tracker is not None else None
+    parent = find_parent_run(starting_path, db_path)
+    if parent is None or (tracker is not None and parent["uuid"] == tracker.run_uuid):
+        return None
+    if tracker is not None and tracker.run_id is not None:
+        try:
+            with TrackerStore(db_path, create=False) as store:
+                store.set_tags(tracker.run_id, parent_tags(starting_path, db_path, tracker.run_uuid))
+        except (HFTrainError, OSError) as exc:  # the card and run history still name the parent
+            print(f"[hftrain] warning: could not record the parent run in {db_path} ({exc})", file=sys.stderr)
+    return parent
 
 
 def push_if_asked(output_dir: str, push_target: Optional[dict]) -> None:
@@ -552,7 +676,7 @@ def untracked(trainer) -> Iterator[None]:
             handler.callbacks.insert(index, tracker)
 
 
-def _print_run_record(trainer, history: Optional[str]) -> None:
+def _print_run_record(trainer, history: Optional[str], parent: Optional[dict] = None) -> None:
     try:
         from .tracking.callback import find_tracker
 
@@ -563,6 +687,11 @@ def _print_run_record(trainer, history: Optional[str]) -> None:
         print(
             f"[hftrain] run record: {tracker.db_path} (run {tracker.run_uuid[:8]}; `hftrain runs show "
             f"{tracker.run_uuid[:8]}`)"
+        )
+    if parent:
+        print(
+            f"[hftrain] started from {parent['path']}: the output of run {parent['uuid'][:8]} ({parent.get('name')}, "
+            f"experiment {parent.get('experiment')})"
         )
     if history:
         print(f"[hftrain] run history: {os.path.abspath(history)}")

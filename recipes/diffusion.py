@@ -33,13 +33,13 @@ from hftrain import ModelArguments, ScriptArguments
 from hftrain.diffusion import DiffusionConfig, DiffusionTrainer, UNetArguments
 from hftrain.diffusion.builtin import DigitQuality, build_digits_unet, digits_dataset
 from hftrain.errors import ConfigError, ModelLoadError
-from hftrain.hub import export_run_history
 from hftrain.recipe_utils import (
+    Headline,
     find_resume_checkpoint,
+    finish_diffusion_run,
     is_main_process,
     load_dataset_splits,
     parse_recipe_args,
-    push_if_asked,
     run_main,
     start_run,
 )
@@ -124,11 +124,17 @@ def main(argv: Optional[list[str]] = None):
         with open(os.path.join(output_dir, "all_results.json"), "w") as handle:
             json.dump(results, handle, indent=2)
 
-    # 7. Card (with the sample grid and the run history) and push: pipeline, samples, card, history.
+    # 7. Card (the quality score first, the sample grid, the run it started from, the run history) and push.
     if is_main_process():
-        history = export_run_history(trainer, output_dir)
-        write_card(output_dir, training_args, metrics, trainer.state.global_step, history)
-        push_if_asked(output_dir, push_target)
+        finish_diffusion_run(
+            trainer,
+            output_dir,
+            model_args=model_args,
+            dataset=script_args.dataset_name or "digits",
+            metrics=metrics,
+            push_target=push_target,
+            headline=Headline("digit quality score", "quality", key="eval_quality", percent=False),
+        )
 
     # 8. Where everything is.
     if is_main_process():
@@ -152,39 +158,6 @@ def load_command(output_dir: str, args) -> str:
     folder), which diffusers only runs with `trust_remote_code=True`."""
     trust = ", trust_remote_code=True" if args.class_column or args.caption_column else ""
     return f"DiffusionPipeline.from_pretrained({os.path.abspath(output_dir)!r}{trust})"
-
-
-def write_card(output_dir: str, args, metrics: dict, step: int, history: Optional[str]) -> None:
-    """README.md for the pipeline folder: how it was trained, its final scores, the last sample grid, the history."""
-    grid = f"samples/step-{step:06d}.png"
-    lines = [
-        "---",
-        "library_name: diffusers",
-        "tags: [hftrain, diffusion, unconditional-image-generation]",
-        "---",
-        "",
-        "# Diffusion model trained with hftrain",
-        "",
-        f"Noise schedule `{args.noise_schedule}`, prediction `{args.prediction_type}`, sampler `{args.sampler}` "
-        f"({args.num_inference_steps} steps), {step} steps at batch {args.per_device_train_batch_size}.",
-        "",
-        "```python",
-        "from diffusers import DiffusionPipeline",
-        "",
-        f"pipe = {load_command(output_dir, args)}",
-        "```",
-        "",
-        "| metric | value |",
-        "|---|---|",
-        *[f"| {k} | {v:.4g} |" for k, v in metrics.items() if isinstance(v, (int, float))],
-    ]
-    if os.path.isfile(os.path.join(output_dir, grid)):
-        lines += ["", f"![samples at step {step}]({grid})"]
-    if history:
-        folder = os.path.relpath(history, output_dir)
-        lines += ["", f"Run history (every logged value, from hftrain's tracker): `{folder}/`."]
-    with open(os.path.join(output_dir, "README.md"), "w") as handle:
-        handle.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from typing import Optional
 from hftrain import DPOConfig, DPOTrainer, ModelArguments, ScriptArguments
 from hftrain.builtin import preference_splits
 from hftrain.recipe_utils import (
+    Headline,
     apply_peft,
     find_resume_checkpoint,
     finish_run,
@@ -151,6 +152,7 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
         dataset=script_args.dataset_name or "arithmetic-preferences",
         task="text-generation",
         push_target=push_target,
+        headline=Headline("held-out preference accuracy", "accuracy", key="eval_rewards/accuracies"),
     )
     accuracy = preference_accuracy(metrics)
     if is_main_process() and accuracy is not None:

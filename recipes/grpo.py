@@ -32,6 +32,7 @@ from transformers import TrainerCallback
 from hftrain import ConfigError, GRPOConfig, GRPOTrainer, ModelArguments, ScriptArguments
 from hftrain.builtin import arithmetic_splits
 from hftrain.recipe_utils import (
+    Headline,
     find_resume_checkpoint,
     finish_run,
     greedy_exact_match,
@@ -160,6 +161,10 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
     train_with_resume(trainer, checkpoint)
 
     # 6-7. Save, evaluate, card (with the reward functions and task metrics), push, and say where everything is.
+    headline = None
+    if prompts is not None and isinstance(prompts[0], str):
+        headline = Headline("held-out exact match", "exact_match")  # measured after training, on every process
+        headline.measure = lambda: greedy_exact_match(trainer.model, tokenizer, prompts, answers)
     metrics = finish_run(
         trainer,
         model_args=model_args,
@@ -167,11 +172,10 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
         dataset=script_args.dataset_name or "arithmetic",
         task="text-generation",
         push_target=push_target,
+        headline=headline,
     )
-    if prompts is not None and isinstance(prompts[0], str):
-        after = greedy_exact_match(trainer.model, tokenizer, prompts, answers)
-        if is_main_process():
-            print(f"[hftrain] held-out exact match after GRPO: {after:.1%} ({len(prompts)} questions)")
+    if headline is not None and is_main_process():
+        print(f"[hftrain] held-out exact match after GRPO: {headline.value:.1%} ({len(prompts)} questions)")
     return trainer, metrics
 
 

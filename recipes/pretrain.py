@@ -32,6 +32,7 @@ from hftrain import ModelArguments, ScriptArguments, Trainer, TrainingArguments
 from hftrain.builtin.corpus import stdlib_docstring_splits
 from hftrain.errors import ConfigError, ModelLoadError
 from hftrain.recipe_utils import (
+    Headline,
     apply_peft,
     find_resume_checkpoint,
     finish_run,
@@ -157,6 +158,7 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
         dataset=script_args.dataset_name or "python-stdlib-docstrings",
         task="text-generation",
         push_target=push_target,
+        headline=Headline("held-out perplexity", "perplexity", key="eval_perplexity", percent=False),
     )
     if is_main_process() and "eval_loss" in metrics:
         ppl = metrics.get("eval_perplexity", math.exp(min(metrics["eval_loss"], 50)))

@@ -26,6 +26,7 @@ from transformers import AutoModelForSequenceClassification, set_seed
 from hftrain import ModelArguments, ModelLoadError, RewardConfig, RewardTrainer, ScriptArguments
 from hftrain.builtin import build_tiny_reward_model, preference_splits
 from hftrain.recipe_utils import (
+    Headline,
     find_resume_checkpoint,
     finish_run,
     is_main_process,
@@ -132,6 +133,7 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
         dataset=script_args.dataset_name or "arithmetic-preferences",
         task="text-classification",
         push_target=push_target,
+        headline=Headline("held-out pairwise accuracy", "accuracy", key=f"eval_{key}"),
     )
     if is_main_process() and f"eval_{key}" in metrics:
         print(f"[hftrain] held-out pairwise accuracy after training: {metrics[f'eval_{key}']:.1%}")

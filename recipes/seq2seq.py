@@ -29,6 +29,7 @@ from transformers import DataCollatorForSeq2Seq
 from hftrain import ModelArguments, ScriptArguments, Seq2SeqTrainer, Seq2SeqTrainingArguments
 from hftrain.builtin import number_spelling_splits
 from hftrain.recipe_utils import (
+    Headline,
     apply_peft,
     find_resume_checkpoint,
     finish_run,
@@ -148,6 +149,7 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
         dataset=script_args.dataset_name or "number-spelling",
         task="text2text-generation",
         push_target=push_target,
+        headline=Headline("held-out exact match", "exact_match", key="eval_exact_match"),
     )
     if is_main_process() and "eval_exact_match" in metrics:
         print(f"[hftrain] held-out exact match: {metrics['eval_exact_match']:.1%}")

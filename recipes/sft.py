@@ -25,6 +25,7 @@ from hftrain import ModelArguments, ScriptArguments, SFTConfig, SFTTrainer
 from hftrain.builtin import arithmetic_splits
 from hftrain.recipe_utils import (
     SFT_FORMATS,
+    Headline,
     apply_peft,
     default_curriculum_only_for_bundled_data,
     find_resume_checkpoint,
@@ -108,7 +109,11 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
     # 5. Train (resuming when a checkpoint exists).
     train_with_resume(trainer, checkpoint)
 
-    # 6-7. Save, evaluate, card, push (hftrain.recipe_utils.finish_run), and say where everything is.
+    # 6-7. Save, evaluate, card (held-out exact match first), push (hftrain.recipe_utils.finish_run), say where.
+    headline = None
+    if prompts is not None:
+        headline = Headline("held-out exact match", "exact_match")  # measured after training, on every process
+        headline.measure = lambda: greedy_exact_match(trainer.model, tokenizer, prompts, answers)
     metrics = finish_run(
         trainer,
         model_args=model_args,
@@ -116,11 +121,10 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
         dataset=script_args.dataset_name or "arithmetic",
         task="text-generation",
         push_target=push_target,
+        headline=headline,
     )
-    if prompts is not None:
-        after = greedy_exact_match(trainer.model, tokenizer, prompts, answers)
-        if is_main_process():
-            print(f"[hftrain] held-out exact match after training: {after:.1%} ({len(prompts)} questions)")
+    if headline is not None and is_main_process():
+        print(f"[hftrain] held-out exact match after training: {headline.value:.1%} ({len(prompts)} questions)")
 
     return trainer, metrics
 

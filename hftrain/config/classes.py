@@ -183,7 +183,7 @@ class ScriptArguments:
     def _parse_mixture(self) -> None:
         """`datasets` becomes its parsed entries, and `dataset_name` its label: recipes that tell a named dataset
         from their bundled default by `dataset_name` (and the model card) then see the mixture."""
-        from ..mixtures import mixture_label, parse_mixture
+        from .mixture import mixture_label, parse_mixture
 
         entries = parse_mixture(self.datasets)
         label = mixture_label(entries)

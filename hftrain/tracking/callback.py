@@ -25,6 +25,7 @@ from transformers.utils import logging
 from ..errors import TrackerError
 from ..host import BatchGeometry
 from . import lifecycle
+from .lineage import parent_tags
 from .store import TrackerStore, default_db_path, flatten
 from .sysinfo import SystemMonitor, git_info, system_info
 from .writer import TrackerWriter
@@ -233,7 +234,8 @@ class TrackerCallback(TrainerCallback, ExportableState):
 
         self.run_uuid = uuid.uuid4().hex
         params, config = _params_and_config(args, state, model)
-        tags = dict(self.tags)
+        # a model loaded from another run's output folder: that run is this one's parent (the user's tags win)
+        tags = {**parent_tags(getattr(model, "name_or_path", None), self.db_path, self.run_uuid), **self.tags}
         if state.trial_name:
             tags["trial"] = state.trial_name
         name = (
@@ -433,6 +435,10 @@ def _params_and_config(args, state, model) -> tuple[dict[str, Any], dict[str, An
     args_dict = args.to_dict()
     config: dict[str, Any] = {"args": args_dict}
     params = flatten(args_dict, "args")
+    sources = getattr(args, "hftrain_config_sources", None)  # field -> yaml|env|flag|..., from HFTrainParser
+    if sources:  # also as params: `hftrain runs show` and run_history/run.json list params
+        config["config_sources"] = dict(sources)
+        params.update(flatten(config["config_sources"], "config_source"))
     model_config = getattr(model, "config", None)
     if model_config is not None and hasattr(model_config, "to_dict"):
         config["model"] = model_config.to_dict()
