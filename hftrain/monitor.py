@@ -36,6 +36,7 @@ from transformers import TrainerCallback
 from transformers.utils import logging
 
 from .checkpoints import last_valid_checkpoint
+from .monitor_checks import OverfitCheck, RewardHackingCheck
 
 logger = logging.get_logger(__name__)
 
@@ -151,11 +152,8 @@ class MonitorCallback(TrainerCallback):
         self._pending_stop: Optional[str] = None
         self._flagged_in_window = False
         self._active: set[str] = set()  # stall/overfit conditions already reported, re-armed when they clear
-        self._train_losses_since_eval: list[float] = []
-        self._last_train_loss: Optional[float] = None
-        self._evals: list[tuple[float, float]] = []
-        self._rewards_since_eval: list[float] = []
-        self._reward_evals: list[tuple[int, float, float]] = []  # (step, mean train reward, task metric)
+        self.overfitting = OverfitCheck(settings.overfit_gap, settings.overfit_patience)
+        self.reward_hacking = RewardHackingCheck(settings)
         self._training = False
         self._pending: list[tuple] = []  # (step, loss, grad_norm) on the device, read at the next flush
         self._deferred: Optional[bool] = None  # decided at the first step (needs the optimizer)
@@ -176,7 +174,7 @@ class MonitorCallback(TrainerCallback):
             detach()
         last = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         checkpoint = last if os.path.isdir(last) else last_valid_checkpoint(args.output_dir)
-        metrics = {k: v for k, v in (("loss", self._last_train_loss),) if v is not None}
+        metrics = {k: v for k, v in (("loss", self.overfitting.last_train_loss),) if v is not None}
         evals = [h for h in state.log_history if "eval_loss" in h]
         if evals:
             metrics["eval_loss"] = evals[-1]["eval_loss"]
@@ -371,7 +369,7 @@ class MonitorCallback(TrainerCallback):
     # -- per log -------------------------------------------------------------------------------------------------
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
-        self._note_reward(logs)
+        self.reward_hacking.note_log(logs)
         if "loss" not in logs:
             return
         loss = logs["loss"]
@@ -386,9 +384,7 @@ class MonitorCallback(TrainerCallback):
                 "stop" if self.s.monitor_nonfinite_action in ("stop", "rollback") else "warn",
             )
         self._flagged_in_window = False
-        if math.isfinite(loss):
-            self._last_train_loss = loss
-            self._train_losses_since_eval.append(loss)
+        self.overfitting.note_train_loss(loss)
         if self.s.monitor_stall_logs:
             self._check_stall(loss, logs, step, args, state, control)
 
@@ -440,48 +436,14 @@ class MonitorCallback(TrainerCallback):
                 metrics={k: v for k, v in metrics.items() if isinstance(v, float)},
             )
         self._check_reward_hacking(args, state, control, metrics)
-        eval_loss = metrics.get("eval_loss")
-        if eval_loss is None:
-            return
-        train_loss = (
-            sum(self._train_losses_since_eval) / len(self._train_losses_since_eval)
-            if self._train_losses_since_eval
-            else self._last_train_loss
-        )
-        self._train_losses_since_eval = []
+        if metrics.get("eval_loss") is not None:
+            self._check_overfitting(metrics["eval_loss"], control, state)
+
+    def _check_overfitting(self, eval_loss: float, control, state) -> None:
+        train_loss, found = self.overfitting.observe(eval_loss)
         if train_loss is None:
             return
-        self._evals.append((eval_loss, train_loss))
-        found = []
-        gap = eval_loss - train_loss
-        if self.s.overfit_gap and gap > self.s.overfit_gap:
-            found.append(
-                (
-                    "overfit_gap",
-                    f"eval_loss {eval_loss:.4g} exceeds train loss {train_loss:.4g} by "
-                    f"{gap:.4g} (overfit_gap {self.s.overfit_gap})",
-                )
-            )
-        else:
-            self._active.discard("overfit_gap")
-        n = self.s.overfit_patience
-        recent = self._evals[-(n + 1) :]
-        if (
-            n
-            and len(recent) == n + 1
-            and all(b[0] > a[0] for a, b in zip(recent, recent[1:]))
-            and recent[-1][1] < recent[0][1]
-        ):
-            found.append(
-                (
-                    "overfit_rising",
-                    f"eval_loss rose for {n} evaluations ({recent[0][0]:.4g} -> "
-                    f"{recent[-1][0]:.4g}) while the train loss fell ({recent[0][1]:.4g} -> "
-                    f"{recent[-1][1]:.4g})",
-                )
-            )
-        else:
-            self._active.discard("overfit_rising")
+        self._active.difference_update(set(OverfitCheck.KINDS) - {kind for kind, _ in found})
         for kind, message in found:
             if kind in self._active:
                 continue
@@ -490,40 +452,18 @@ class MonitorCallback(TrainerCallback):
                 "anomaly",
                 kind,
                 f"{message}; action: {self.s.overfit_action}",
-                step=step,
+                step=state.global_step,
                 metrics={"eval_loss": eval_loss, "loss": train_loss},
             )
             if self.s.overfit_action == "stop" and not self.stopped:
                 self._stop(control, state, kind)
 
     # -- reward hacking (GRPO, RLOO: a reward in the train logs, a task metric in the eval logs) -------------------
-    def _note_reward(self, logs: dict) -> None:
-        value = logs.get(self.s.monitor_reward_key)
-        train_log = not any(key.startswith("eval_") for key in logs)
-        if train_log and isinstance(value, (int, float)) and math.isfinite(value):
-            self._rewards_since_eval.append(float(value))
-
-    def _task_metric(self, args, metrics: dict) -> Optional[str]:
-        """The eval key of the task metric: `monitor_task_metric`, else a higher-is-better `metric_for_best_model`
-        that is not a reward, else the first generation metric logged."""
-        named = self.s.monitor_task_metric
-        best = getattr(args, "metric_for_best_model", None)
-        if not named and best and "reward" not in best and getattr(args, "greater_is_better", None) is not False:
-            named = best
-        if named:
-            key = named if named.startswith("eval_") else f"eval_{named}"
-            return key if isinstance(metrics.get(key), (int, float)) else None
-        candidates = ("eval_exact_match", "eval_numeric_match", "eval_chrf", "eval_rougeL", "eval_bleu")
-        return next((k for k in candidates if isinstance(metrics.get(k), (int, float))), None)
-
     def _check_reward_hacking(self, args, state, control, metrics: dict) -> None:
-        key = self._task_metric(args, metrics) if self.s.monitor_reward_hacking_evals else None
-        if key is None or not self._rewards_since_eval:
-            return  # no task metric, or no training reward since the last evaluation (e.g. eval_on_start)
-        reward = sum(self._rewards_since_eval) / len(self._rewards_since_eval)
-        self._rewards_since_eval = []
-        self._reward_evals.append((state.global_step, reward, float(metrics[key])))
-        message = self._reward_hacking_finding(key)
+        judged = self.reward_hacking.observe(args, state.global_step, metrics)
+        if judged is None:
+            return
+        message, values = judged
         if message is None:
             self._active.discard("reward_hacking")
             return
@@ -531,7 +471,6 @@ class MonitorCallback(TrainerCallback):
             return
         self._active.add("reward_hacking")
         action = self.s.monitor_reward_hacking_action
-        values = {self.s.monitor_reward_key: reward, key: float(metrics[key])}
         self.notifier.notify(
             "anomaly", "reward_hacking", f"{message}; action: {action}", step=state.global_step, metrics=values
         )
@@ -540,40 +479,15 @@ class MonitorCallback(TrainerCallback):
         if action == "stop" and not self.stopped:
             self._stop(control, state, "reward_hacking")
 
-    def _reward_hacking_finding(self, key: str) -> Optional[str]:
-        """What is wrong over the last `monitor_reward_hacking_evals` evaluations, or None."""
-        s, n = self.s, self.s.monitor_reward_hacking_evals
-        recent = self._reward_evals[-(n + 1) :]
-        if len(recent) < n + 1:
-            return None
-        (_, reward0, task0), (_, reward1, task1) = recent[0], recent[-1]
-        falling = all(b[2] < a[2] for a, b in zip(recent, recent[1:]))
-        if falling and reward1 > reward0 and task0 - task1 >= s.monitor_reward_hacking_min_drop * abs(task0):
-            return (
-                f"the training reward rose ({reward0:.4g} -> {reward1:.4g}) while {key} fell for {n} evaluations "
-                f"({task0:.4g} -> {task1:.4g}): a reward function is being gamed"
-            )
-        last = recent[1:]
-        if s.monitor_reward_saturation is not None and all(
-            r >= s.monitor_reward_saturation and t < s.monitor_task_metric_floor for _, r, t in last
-        ):
-            return (
-                f"the training reward is saturated ({reward1:.4g} >= {s.monitor_reward_saturation:g}) while {key} "
-                f"stayed below {s.monitor_task_metric_floor:g} for {n} evaluations ({task1:.4g}): the reward does "
-                "not measure the task"
-            )
-        return None
-
     def _roll_back_reward_hacking(self, args, state, values: dict) -> str:
         """Reload the newest complete checkpoint from before the task metric began to fall; `stop` when there is
         none or the rollbacks are used up, else `warn` (training goes on from the reloaded weights)."""
-        start = self._reward_evals[-(self.s.monitor_reward_hacking_evals + 1)][0]
-        checkpoint = last_valid_checkpoint(args.output_dir, max_step=start)
+        checkpoint = last_valid_checkpoint(args.output_dir, max_step=self.reward_hacking.window_start())
         if checkpoint is None or self.rollbacks >= self.s.monitor_max_rollbacks:
             return "stop"
         self._rollback(checkpoint)
         self.rollbacks += 1
-        self._reward_evals = []
+        self.reward_hacking.restart()
         self._active.discard("reward_hacking")
         self.notifier.notify(
             "action",
