@@ -2,7 +2,8 @@
 dispatches. Subcommands import what they need only when they run.
 
 `hftrain runs ...` (`hftrain.tracking.cli`) reads the tracker database with the standard library only: it never
-imports transformers, TRL or torch, so it starts in a fraction of a second.
+imports transformers, TRL or torch, so it starts in a fraction of a second. `hftrain sft|dpo|...`
+(`hftrain.recipes_cli`) runs a recipe of recipes/, which the package installs as `hftrain.recipes`.
 """
 
 from __future__ import annotations
@@ -10,13 +11,17 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .export import add_export_parser, run_export  # stdlib only: torch loads when an export runs
+from .recipes_cli import RECIPES, add_recipe_parsers, run_recipe
 from .tracking.cli import add_runs_parser
 from .tracking.cli import dispatch as runs_dispatch
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the `hftrain` command line; returns the exit status (2 for a user error, printed as one line)."""
-    parser = argparse.ArgumentParser(prog="hftrain", description="hftrain command-line tools.")
+    parser = argparse.ArgumentParser(
+        prog="hftrain", description="hftrain command-line tools; a recipe's fields: hftrain sft --help"
+    )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("env", help="print versions of hftrain and the libraries it builds on")
@@ -26,11 +31,17 @@ def main(argv: list[str] | None = None) -> int:
         from .tune import main as tune_main  # lazy: only this subcommand imports optuna, transformers and TRL
 
         return tune_main(raw[1:])
+    if raw[:1] and raw[0] in RECIPES:  # a recipe parses its own flags: `hftrain sft --help` lists every field
+        return run_recipe(raw[0], raw[1:])
+    add_recipe_parsers(sub)
     add_runs_parser(sub)
     _add_push_parser(sub)
+    add_export_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "push":
         return _push(args)
+    if args.command == "export":
+        return run_export(args)
     if args.version:
         from . import __version__
 

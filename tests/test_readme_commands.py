@@ -21,9 +21,13 @@ from pathlib import Path
 import pytest
 
 from hftrain.errors import HFTrainError
+from hftrain.recipes_cli import RECIPES
 
 REPO = Path(__file__).resolve().parents[1]
-COMMAND = re.compile(r"^(?:\w+=\S+ )*(accelerate launch|python |hftrain (runs|tune|push)\b|bash scripts/)")
+SUBCOMMAND = rf"(^hftrain|-m hftrain\.cli) ({'|'.join(RECIPES)})\b"  # a recipe as `hftrain sft`
+COMMAND = re.compile(
+    rf"^(?:\w+=\S+ )*(accelerate launch|python |hftrain (runs|tune|push|{'|'.join(RECIPES)})\b|bash scripts/)"
+)
 SMALL = {
     "sft": "--max_steps 2 --bundled_train_size 32 --bundled_eval_size 8 --tiny_hidden_size 32 --tiny_num_layers 1 "
     "--per_device_train_batch_size 4 --per_device_eval_batch_size 8 --eval_steps 2 --save_steps 2 --logging_steps 1 "
@@ -83,7 +87,7 @@ def is_command(text: str) -> bool:
     not end in a flag that wants a value."""
     if not COMMAND.match(text) or re.search(r"…|\.\.\.|/show/|<(?!tune_dir>)", text):
         return False
-    if not re.search(r"(recipes|scripts|bench)/\w+\.(py|sh)|^hftrain (runs|tune|push) \w", text):
+    if not re.search(rf"(recipes|scripts|bench)/\w+\.(py|sh)|^hftrain (runs|tune|push) \w|{SUBCOMMAND}", text):
         return False
     return text.split()[-1] not in ("-o", "--out", "--config", "--config_file")
 
@@ -102,6 +106,9 @@ HANDLERS = [  # (kind, pattern): the first match handles the command
     ("tune", r"^hftrain tune "),
     ("push", r"^hftrain push "),
     ("best-config", r"recipes/sft\.py --config <tune_dir>/best_config\.yaml$"),
+    ("recipe-subcommand-launch", rf"-m hftrain\.cli ({'|'.join(RECIPES)})\b"),  # these two: test_installed_cli.py
+    ("recipe-subcommand", SUBCOMMAND),
+    ("recipe-env", rf"^(HFTRAIN_\w+=\S+ )+python\s.*recipes/({'|'.join(MINE)})\.py"),
     ("recipe-run", rf"^(accelerate launch|python -m hftrain\.launch|python)\s.*recipes/({'|'.join(MINE)})\.py"),
     ("recipe-parse", r"^(accelerate launch|python -m hftrain\.launch|python)\s.*recipes/\w+\.py"),
 ]
@@ -170,6 +177,16 @@ def check_recipe_command(command: str, parse_only: bool) -> None:
 def test_recipe_command_runs(command, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     check_recipe_command(command, parse_only=False)
+
+
+@pytest.mark.parametrize("command", of_kind("recipe-env"))
+def test_recipe_command_with_fields_from_the_environment_runs(command, tmp_path, monkeypatch):
+    """`HFTRAIN_<FIELD>=value python recipes/X.py ...`: the variables set as the shell would, then the recipe."""
+    monkeypatch.chdir(tmp_path)
+    assignments = re.match(r"^((?:HFTRAIN_\w+=\S+ )+)", command).group(1)
+    for assignment in assignments.split():
+        monkeypatch.setenv(*assignment.split("=", 1))
+    check_recipe_command(command[len(assignments) :], parse_only=False)
 
 
 @pytest.mark.parametrize("command", of_kind("recipe-parse"))
