@@ -371,7 +371,8 @@ def _card_data(run: _Run, library: str, tags: Sequence[str], final: dict, headli
 
 
 def _is_hub_dataset(name: str) -> bool:
-    return "/" in name and not os.path.exists(name) and name not in BUNDLED_DATA
+    mixture = name.startswith("mixture(")  # hftrain.config.mixture's label: several datasets, not one Hub id
+    return "/" in name and not mixture and not os.path.exists(name) and name not in BUNDLED_DATA
 
 
 def _dataset_id(name: str) -> str:

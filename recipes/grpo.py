@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib
 import os
 import runpy
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -31,6 +32,7 @@ from transformers import TrainerCallback
 
 from hftrain import ConfigError, GRPOConfig, GRPOTrainer, ModelArguments, ScriptArguments
 from hftrain.builtin import arithmetic_splits
+from hftrain.config.environment import KEPT_VARIABLES
 from hftrain.recipe_utils import (
     Headline,
     find_resume_checkpoint,
@@ -92,15 +94,37 @@ class _StopAt(TrainerCallback):
         control.should_training_stop = control.should_training_stop or state.global_step >= self.step
 
 
+def holds_model(path: Optional[str]) -> bool:
+    """A folder with a config and its weights (a save killed after the config is not a model)."""
+    weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+    return (
+        bool(path)
+        and os.path.isfile(os.path.join(path, "config.json"))
+        and any(os.path.isfile(os.path.join(path, name)) for name in weights)
+    )
+
+
+@contextmanager
+def without_field_variables():
+    """The warm-up is the recipe's own SFT run: the user's `HFTRAIN_<FIELD>` settings are meant for GRPO (a GRPO
+    `loss_type` would be refused by SFT, a push setting would publish the warm-up)."""
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("HFTRAIN_") and k not in KEPT_VARIABLES}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
 def starting_model(model_args, grpo_args, training_args) -> Optional[str]:
     """Without `model_name_or_path`: the SFT recipe's output, else the first `sft_warmup_steps` of its default run
-    (its 1,000-step schedule and curriculum: 400 steps reach about 50%), kept in `output_dir/sft-warmup`. GRPO needs
-    a policy that is sometimes right: a group whose answers all score 0 teaches nothing."""
+    (its 1,000-step schedule and curriculum: 400 steps reach about 50%), kept in `output_dir/sft-warmup`, with the
+    model size and device settings the user gave GRPO. GRPO needs a policy that is sometimes right: a group whose
+    answers all score 0 teaches nothing."""
     warm = os.path.join(training_args.output_dir, "sft-warmup")
     if model_args.model_name_or_path:
         return model_args.model_name_or_path
     for path in (grpo_args.sft_output_dir, warm):  # a warm-up of an earlier (interrupted) run is reused
-        if path and os.path.isfile(os.path.join(path, "config.json")):
+        if holds_model(path):
             return path
     if not grpo_args.sft_warmup_steps:
         return None
@@ -108,7 +132,11 @@ def starting_model(model_args, grpo_args, training_args) -> Optional[str]:
         print(f"[hftrain] no SFT output at {grpo_args.sft_output_dir!r}: {grpo_args.sft_warmup_steps} SFT steps first")
     flags = ["--output_dir", warm, "--seed", str(training_args.seed), "--save_strategy", "no", "--eval_strategy", "no",
              "--overwrite_output_dir", "true", "--monitor", "false", "--tracker", "false"]  # fmt: skip
-    runpy.run_path(os.path.join(HERE, "sft.py"))["main"](flags, callbacks=[_StopAt(grpo_args.sft_warmup_steps)])
+    for args, name in [(model_args, "tiny_hidden_size"), (model_args, "tiny_num_layers"), (training_args, "use_cpu")]:
+        if getattr(args, "hftrain_config_sources", {}).get(name) in ("yaml", "env", "flag"):
+            flags += [f"--{name}", str(getattr(args, name))]
+    with without_field_variables():
+        runpy.run_path(os.path.join(HERE, "sft.py"))["main"](flags, callbacks=[_StopAt(grpo_args.sft_warmup_steps)])
     return warm
 
 

@@ -120,9 +120,10 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
     )
     key = "pairwise_accuracy" if "pairwise" in training_args.eval_metrics else "accuracy"
     if eval_dataset is not None and checkpoint is None:
-        before = trainer.evaluate(metric_key_prefix="before")
-        if is_main_process():
-            print(f"[hftrain] held-out pairwise accuracy before training: {before[f'before_{key}']:.1%}")
+        before = trainer.evaluate(metric_key_prefix="before")  # TRL logs its own accuracy as eval_ whatever the prefix
+        value = before.get(f"before_{key}", before.get(f"eval_{key}"))
+        if is_main_process() and value is not None:
+            print(f"[hftrain] held-out pairwise accuracy before training: {value:.1%}")
 
     # 5. Train (resuming when a checkpoint exists), then 6. save, evaluate, card, push.
     train_with_resume(trainer, checkpoint)

@@ -129,3 +129,21 @@ def test_runs_show_names_a_parent_recorded_in_another_database(tmp_path, capsys)
         store.create_run("default", "child", tags={"parent_run": "ab" * 16, "parent_path": "/data/sft-out"})
     assert cli.main(["runs", "--db", str(tmp_path / "runs.db"), "show", "child"]) == 0
     assert f"parent      {'ab' * 16}, not in this database (started from /data/sft-out)" in capsys.readouterr().out
+
+
+def test_an_untracked_run_that_wrote_the_folder_last_has_no_parent_record(sft_run, tmp_path):
+    """A folder whose own run_history says an untracked run wrote it last is not attributed to an older tracked
+    run the database still lists for that folder (its weights were replaced)."""
+    db, out = sft_run["db"], sft_run["out"]
+    copy = tmp_path / "sft-out"
+    shutil.copytree(out, copy)
+    with TrackerStore(str(db)) as store:  # the older tracked run of this folder
+        store.conn.execute("UPDATE runs SET output_dir = ? WHERE uuid = ?", (str(copy), sft_run["uuid"]))
+    try:
+        record = json.loads((copy / "run_history" / "run.json").read_text())
+        assert find_parent_run(str(copy), str(db))["uuid"] == sft_run["uuid"]
+        (copy / "run_history" / "run.json").write_text(json.dumps({k: v for k, v in record.items() if k != "uuid"}))
+        assert find_parent_run(str(copy), str(db)) is None
+    finally:
+        with TrackerStore(str(db)) as store:
+            store.conn.execute("UPDATE runs SET output_dir = ? WHERE uuid = ?", (str(out), sft_run["uuid"]))

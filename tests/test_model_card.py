@@ -145,3 +145,9 @@ def test_loading_snippets_run_for_full_adapter_and_merged_outputs(tmp_path):
     model, tokenizer = loaded(code)
     torch.testing.assert_close(logits(model, tokenizer), logits(trainer.model, tokenizer), rtol=1e-4, atol=1e-5)
     assert checked_card(on_saved_dir / "README.md").data.library_name == "peft"
+
+
+def test_a_mixture_is_not_named_as_one_hub_dataset():
+    from hftrain.model_card import _is_hub_dataset
+
+    assert _is_hub_dataset("org/dataset") and not _is_hub_dataset("mixture(org/dataset, local.jsonl)")

@@ -210,3 +210,39 @@ def test_reward_recipe_puts_a_score_head_on_the_sft_output(tmp_path, capsys):
     assert f"reward model on {sft}" in capsys.readouterr().out
     assert type(trainer.model).__name__ == "LlamaForSequenceClassification" and trainer.model.config.num_labels == 1
     assert "AutoModelForSequenceClassification" in (tmp_path / "rm" / "README.md").read_text()
+
+
+def test_grpo_warm_up_keeps_the_users_model_size_and_not_their_grpo_variables(tmp_path, monkeypatch):
+    """The built-in SFT warm-up builds the model size given to GRPO, ignores `HFTRAIN_<FIELD>` settings meant for
+    GRPO (SFT refuses a GRPO loss type), and a folder holding only a config (a save killed halfway) is not reused."""
+    main = runpy.run_path(os.path.join(os.path.dirname(os.path.dirname(__file__)), "recipes", "grpo.py"))["main"]
+    monkeypatch.setenv("HFTRAIN_LOSS_TYPE", "dr_grpo")
+    out = tmp_path / "grpo"
+    (out / "sft-warmup").mkdir(parents=True)
+    (out / "sft-warmup" / "config.json").write_text("{}")  # no weights
+    flags = ["--output_dir", str(out), "--sft_output_dir", "", "--sft_warmup_steps", "2", "--tiny_hidden_size", "32",
+             "--tiny_num_layers", "1", "--max_steps", "1", "--bundled_train_size", "16", "--bundled_eval_size", "4",
+             "--per_device_train_batch_size", "8", "--num_generations", "4", "--eval_strategy", "no",
+             "--save_strategy", "no", "--overwrite_output_dir", "true", "--disable_tqdm", "true"]  # fmt: skip
+    trainer, _ = main(flags)
+    assert trainer.args.loss_type == "dr_grpo" and trainer.state.global_step == 1
+    config = json.loads((out / "sft-warmup" / "config.json").read_text())
+    assert config["hidden_size"] == 32 and config["num_hidden_layers"] == 1
+    assert os.environ["HFTRAIN_LOSS_TYPE"] == "dr_grpo"  # given back after the warm-up
+
+
+def test_reward_recipe_without_pairwise_metrics_prints_trls_accuracy(tmp_path, capsys):
+    """Without `eval_metrics: [pairwise]` the recipe reads TRL's own accuracy (logged as eval_accuracy whatever
+    the prefix) instead of failing on a missing key."""
+    import yaml
+
+    recipes = os.path.join(os.path.dirname(os.path.dirname(__file__)), "recipes")
+    with open(os.path.join(recipes, "configs", "reward_default.yaml"), encoding="utf-8") as handle:
+        config = {**yaml.safe_load(handle), "eval_metrics": []}
+    config.pop("metric_for_best_model", None)
+    (tmp_path / "rm.yaml").write_text(yaml.safe_dump(config))
+    main = runpy.run_path(os.path.join(recipes, "reward.py"))["main"]
+    flags = ["--config", str(tmp_path / "rm.yaml"), "--output_dir", str(tmp_path / "rm"), "--sft_output_dir", ""]
+    trainer, metrics = main([*flags, *RECIPE_FLAGS])
+    assert trainer.state.global_step == 4 and "eval_accuracy" in metrics
+    assert "held-out pairwise accuracy before training" in capsys.readouterr().out

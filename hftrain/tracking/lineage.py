@@ -38,7 +38,10 @@ def find_parent_run(path: Optional[str], db_path: Optional[str] = None) -> Optio
     if not path or not os.path.isdir(path):
         return None
     folder = run_folder(path)
-    found = _from_run_history(folder) or _from_tracker(folder, db_path or default_db_path())
+    if os.path.isfile(os.path.join(folder, "run_history", "run.json")):  # the folder's own record of its last run:
+        found = _from_run_history(folder)  # an untracked run (no uuid) wrote it last, not an older tracked one
+    else:
+        found = _from_tracker(folder, db_path or default_db_path())
     if found is not None:
         found["path"] = os.path.abspath(path)
     return found

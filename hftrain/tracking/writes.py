@@ -58,7 +58,7 @@ class _RunCache:
     tail_points: int = 0
 
 
-_TAIL_MAX_POINTS = 2_000_000  # a store that is never packed stops keeping a tail past this (it reads rows instead)
+_TAIL_MAX_POINTS = 200_000  # a store that is never packed stops keeping a tail past this (it reads rows instead)
 
 
 def _fold(summary: Optional[tuple], step: int, value: Optional[float]) -> tuple:
