@@ -148,6 +148,12 @@ def test_command_line_takes_the_mixture_as_json(recipes, tmp_path):
     assert [(e.path, e.weight) for e in script_args.datasets] == [(str(a), 2.0), (str(b), 1.0)]
     with pytest.raises(ConfigError, match=r"^datasets: a mixture replaces dataset_name \('trl-lib/Capybara'\)"):
         recipes["sft"]["parse_args"](["--datasets", flag, "--dataset_name", "trl-lib/Capybara"])
+    config = tmp_path / "named.yaml"  # a config naming one dataset: the mixture replaces it as the error says
+    config.write_text("dataset_name: trl-lib/Capybara\n")
+    with pytest.raises(ConfigError, match="--dataset_name ''"):
+        recipes["sft"]["parse_args"](["--config", str(config), "--datasets", flag])
+    script_args = recipes["sft"]["parse_args"](["--config", str(config), "--datasets", flag, "--dataset_name", ""])[0]
+    assert script_args.dataset_name == "mixture(a.jsonl, b.jsonl)" and len(script_args.datasets) == 2
 
 
 @pytest.mark.parametrize("name", RECIPES)

@@ -186,6 +186,14 @@ def test_recipe_command_with_fields_from_the_environment_runs(command, tmp_path,
     assignments = re.match(r"^((?:HFTRAIN_\w+=\S+ )+)", command).group(1)
     for assignment in assignments.split():
         monkeypatch.setenv(*assignment.split("=", 1))
+    _, name, argv = split_recipe_command(command[len(assignments) :])
+    parsed = run_recipe(name, argv, parse_only=True)
+    for assignment in assignments.split():  # each variable reached its field, and the run records it as env
+        variable, value = assignment.split("=", 1)
+        field = variable.removeprefix("HFTRAIN_").lower()
+        owner = next(p for p in parsed if hasattr(p, field))
+        assert str(getattr(owner, field)) == str(type(getattr(owner, field))(value))
+        assert owner.hftrain_config_sources[field] == "env"
     check_recipe_command(command[len(assignments) :], parse_only=False)
 
 

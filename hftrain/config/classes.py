@@ -189,7 +189,7 @@ class ScriptArguments:
         label = mixture_label(entries)
         if self.dataset_name and self.dataset_name != label:  # the label itself: these arguments built again
             raise ConfigError(
-                f"datasets: a mixture replaces dataset_name ({self.dataset_name!r}); remove dataset_name, or list "
-                "that dataset as an entry of datasets"
+                f"datasets: a mixture replaces dataset_name ({self.dataset_name!r}); remove dataset_name (over a YAML "
+                "file that sets it: --dataset_name ''), or list that dataset as an entry of datasets"
             )
         self.datasets, self.dataset_name = list(entries), label
