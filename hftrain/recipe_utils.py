@@ -340,6 +340,38 @@ def _first_line(exc: Exception) -> str:
 
 
 # -- resume --------------------------------------------------------------------------------------------------
+def holds_model(path: Optional[str]) -> bool:
+    """A folder with a model's config and its weights (a save killed after the config is not a model)."""
+    weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+    return (
+        bool(path)
+        and os.path.isfile(os.path.join(path, "config.json"))
+        and any(os.path.isfile(os.path.join(path, name)) for name in weights)
+    )
+
+
+def run_recipe_steps(recipe_file: str, flags: list[str], steps: int) -> None:
+    """The first `steps` optimizer steps of another recipe's run (its `main(flags)`), as a stage of this one (the
+    GRPO recipe's SFT warm-up). The user's `HFTRAIN_<FIELD>` variables are meant for the calling recipe (a GRPO
+    `loss_type` would be refused by SFT, a push setting would publish the stage), so the stage runs without them."""
+    import runpy
+
+    from transformers import TrainerCallback
+
+    from .config.environment import KEPT_VARIABLES
+
+    class StopAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_training_stop = control.should_training_stop or state.global_step >= steps
+
+    env = os.environ
+    saved = {k: env.pop(k) for k in list(env) if k.startswith("HFTRAIN_") and k not in KEPT_VARIABLES}
+    try:
+        runpy.run_path(recipe_file)["main"](flags, callbacks=[StopAt()])
+    finally:
+        env.update(saved)
+
+
 def find_resume_checkpoint(training_args, model=None) -> Optional[str]:
     """The checkpoint to resume from (`hftrain.checkpoints.resume_checkpoint`): `resume_from_checkpoint` when set
     (it must be complete), else the newest complete `checkpoint-N` in `output_dir` when `auto_resume` is on (and

@@ -138,19 +138,23 @@ def main(argv: Optional[list[str]] = None):
 
     # 8. Where everything is.
     if is_main_process():
-        samples = os.path.join(output_dir, "samples", f"step-{trainer.state.global_step:06d}.png")
-        if "eval_quality" in metrics:
-            print(
-                f"[hftrain] quality score: {metrics['eval_quality']:.3f} (confident share "
-                f"{metrics['eval_confident_share']:.1%}, class entropy {metrics['eval_class_entropy']:.3f})"
-            )
-        print(
-            f"[hftrain] pipeline saved to {os.path.abspath(output_dir)}; load it with "
-            f"{load_command(output_dir, trainer.args)}"
-        )
-        print(f"[hftrain] samples: {os.path.abspath(samples)}")
-        print(f"[hftrain] metrics: {os.path.abspath(os.path.join(output_dir, 'all_results.json'))}")
+        print_where(trainer, output_dir, metrics)
     return trainer, metrics
+
+
+def print_where(trainer, output_dir: str, metrics: dict) -> None:
+    """The quality score, how to load the pipeline, and where the last sample grid and the metrics are."""
+    samples = os.path.join(output_dir, "samples", f"step-{trainer.state.global_step:06d}.png")
+    if "eval_quality" in metrics:
+        print(
+            f"[hftrain] quality score: {metrics['eval_quality']:.3f} (confident share "
+            f"{metrics['eval_confident_share']:.1%}, class entropy {metrics['eval_class_entropy']:.3f})"
+        )
+    print(
+        f"[hftrain] pipeline saved to {os.path.abspath(output_dir)}; load it with {load_command(output_dir, trainer.args)}"
+    )
+    print(f"[hftrain] samples: {os.path.abspath(samples)}")
+    print(f"[hftrain] metrics: {os.path.abspath(os.path.join(output_dir, 'all_results.json'))}")
 
 
 def load_command(output_dir: str, args) -> str:

@@ -33,6 +33,7 @@ from hftrain.recipe_utils import (
     apply_peft,
     find_resume_checkpoint,
     finish_run,
+    holds_model,
     is_main_process,
     load_causal_lm,
     load_dataset_splits,
@@ -67,10 +68,7 @@ class DPOScriptArguments:
 def starting_model_path(model_args, dpo_args) -> Optional[str]:
     """The SFT recipe's output directory when the default run should start from it, else None."""
     path = dpo_args.sft_output_dir
-    if model_args.model_name_or_path or not path:
-        return None
-    has_weights = any(os.path.isfile(os.path.join(path, n)) for n in ("model.safetensors", "pytorch_model.bin"))
-    return path if has_weights and os.path.isfile(os.path.join(path, "config.json")) else None
+    return path if not model_args.model_name_or_path and holds_model(path) else None
 
 
 def preference_accuracy(metrics: dict) -> Optional[float]:

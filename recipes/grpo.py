@@ -23,21 +23,17 @@ from __future__ import annotations
 
 import importlib
 import os
-import runpy
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Optional
 
-from transformers import TrainerCallback
-
 from hftrain import ConfigError, GRPOConfig, GRPOTrainer, ModelArguments, ScriptArguments
 from hftrain.builtin import arithmetic_splits
-from hftrain.config.environment import KEPT_VARIABLES
 from hftrain.recipe_utils import (
     Headline,
     find_resume_checkpoint,
     finish_run,
     greedy_exact_match,
+    holds_model,
     is_main_process,
     load_causal_lm,
     load_dataset_splits,
@@ -45,6 +41,7 @@ from hftrain.recipe_utils import (
     parse_recipe_args,
     require_columns,
     run_main,
+    run_recipe_steps,
     start_run,
     train_with_resume,
 )
@@ -86,35 +83,6 @@ def load_reward(path: str):
         raise ConfigError(f"reward_funcs: cannot import {path!r} ({type(exc).__name__}: {exc})") from exc
 
 
-class _StopAt(TrainerCallback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        control.should_training_stop = control.should_training_stop or state.global_step >= self.step
-
-
-def holds_model(path: Optional[str]) -> bool:
-    """A folder with a config and its weights (a save killed after the config is not a model)."""
-    weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-    return (
-        bool(path)
-        and os.path.isfile(os.path.join(path, "config.json"))
-        and any(os.path.isfile(os.path.join(path, name)) for name in weights)
-    )
-
-
-@contextmanager
-def without_field_variables():
-    """The warm-up is the recipe's own SFT run: the user's `HFTRAIN_<FIELD>` settings are meant for GRPO (a GRPO
-    `loss_type` would be refused by SFT, a push setting would publish the warm-up)."""
-    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("HFTRAIN_") and k not in KEPT_VARIABLES}
-    try:
-        yield
-    finally:
-        os.environ.update(saved)
-
-
 def starting_model(model_args, grpo_args, training_args) -> Optional[str]:
     """Without `model_name_or_path`: the SFT recipe's output, else the first `sft_warmup_steps` of its default run
     (its 1,000-step schedule and curriculum: 400 steps reach about 50%), kept in `output_dir/sft-warmup`, with the
@@ -135,8 +103,7 @@ def starting_model(model_args, grpo_args, training_args) -> Optional[str]:
     for args, name in [(model_args, "tiny_hidden_size"), (model_args, "tiny_num_layers"), (training_args, "use_cpu")]:
         if getattr(args, "hftrain_config_sources", {}).get(name) in ("yaml", "env", "flag"):
             flags += [f"--{name}", str(getattr(args, name))]
-    with without_field_variables():
-        runpy.run_path(os.path.join(HERE, "sft.py"))["main"](flags, callbacks=[_StopAt(grpo_args.sft_warmup_steps)])
+    run_recipe_steps(os.path.join(HERE, "sft.py"), flags, grpo_args.sft_warmup_steps)
     return warm
 
 

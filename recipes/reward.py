@@ -29,6 +29,7 @@ from hftrain.recipe_utils import (
     Headline,
     find_resume_checkpoint,
     finish_run,
+    holds_model,
     is_main_process,
     load_dataset_splits,
     load_tokenizer,
@@ -65,7 +66,7 @@ def starting_path(model_args, extra) -> Optional[str]:
     path = model_args.model_name_or_path or extra.sft_output_dir
     if not path or model_args.model_name_or_path:
         return model_args.model_name_or_path
-    return path if os.path.isfile(os.path.join(path, "config.json")) else None
+    return path if holds_model(path) else None
 
 
 def load_reward_model(path: Optional[str], model_args, tokenizer):
