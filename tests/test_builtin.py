@@ -74,6 +74,18 @@ def test_preferences_pair_the_right_answer_with_a_close_wrong_one():
         assert abs(int(row["rejected"]) - int(row["chosen"])) <= 90
 
 
+def test_preference_held_out_questions_are_unseen_by_the_sft_default():
+    """A preference recipe starting from the SFT recipe's output is measured on questions neither run trained on:
+    they avoid the SFT default's 4,000 and the preference train set, whichever is larger."""
+    sft_train, sft_eval = arithmetic_splits(4000, 300, seed=0)
+    for train_size in (2000, 6000):
+        train, evaluation = preference_splits(train_size, 300, seed=0)
+        assert not set(evaluation["prompt"]) & (set(sft_train["prompt"]) | set(train["prompt"]))
+        assert len(set(train["prompt"])) == train_size
+    train, evaluation = preference_splits(2000, 300, seed=0)
+    assert train["prompt"] == sft_train["prompt"][:2000] and evaluation["prompt"] == sft_eval["prompt"]
+
+
 def test_number_spelling():
     assert [spell_number(n) for n in (0, 13, 40, 99, 100, 407, 999)] == [
         "zero",

@@ -108,11 +108,22 @@ def _plausible_wrong(rng: random.Random, answer: str) -> str:
     return str(rng.choice(candidates))
 
 
+# The arithmetic questions the SFT recipe's default trains on: the first 4,000 of seed 0 (`bundled_train_size`).
+SFT_DEFAULT_QUESTIONS = 4000
+
+
 def preference_splits(train_size: int = 2000, eval_size: int = 200, seed: int = 0) -> tuple[Dataset, Dataset]:
-    """`prompt`/`chosen`/`rejected` rows from the arithmetic set: chosen is right, rejected is close but wrong."""
+    """`prompt`/`chosen`/`rejected` rows from the arithmetic set: chosen is right, rejected is close but wrong.
+
+    Train holds the first `train_size` arithmetic questions of `seed`. The held-out questions also avoid the first
+    4,000 (the SFT recipe's default training set), so a preference recipe that starts from the SFT recipe's output
+    is measured on questions neither run has seen: they are the arithmetic set's own held-out questions.
+    """
     rng = random.Random(seed + 7)
+    pool = _unique_rows(_arithmetic_row, max(train_size, SFT_DEFAULT_QUESTIONS), seed, exclude=set())
+    evaluation = _unique_rows(_arithmetic_row, eval_size, seed + 1, exclude={r["prompt"] for r in pool})
     splits = []
-    for split in arithmetic_splits(train_size, eval_size, seed):
+    for split in (pool[:train_size], evaluation):
         rows = [
             {
                 "prompt": r["prompt"],
