@@ -72,9 +72,14 @@ def starting_model_path(model_args, dpo_args) -> Optional[str]:
 
 
 def preference_accuracy(metrics: dict) -> Optional[float]:
-    """TRL's preference accuracy from evaluation metrics. TRL logs it as `eval_rewards/accuracies` whatever
-    `metric_key_prefix` the evaluation had, so it is found by its suffix."""
-    return next((v for k, v in metrics.items() if k.endswith("rewards/accuracies")), None)
+    """The preference accuracy from evaluation metrics: hftrain's `dpo` metric (every pair counted once) when
+    `eval_metrics` asks for it, else TRL's mean of batch means, which TRL logs as `eval_rewards/accuracies`
+    whatever `metric_key_prefix` the evaluation had, so each is found by its suffix."""
+    for suffix in ("_dpo_preference_accuracy", "rewards/accuracies"):
+        found = next((v for k, v in metrics.items() if k.endswith(suffix)), None)
+        if found is not None:
+            return found
+    return None
 
 
 def print_accuracy_before_training(trainer) -> None:

@@ -54,7 +54,17 @@ def test_dpo_default_without_sft_output_uses_a_frozen_reference(dpo_main, tmp_pa
     assert f"model and tokenizer saved to {out}" in printed and "run record:" in printed
     card = (out / "README.md").read_text()
     assert "rewards/accuracies" in card and "model-index" in card and "dpo" in card
+    # the default asks for hftrain's `dpo` metric: the accuracy printed counts every held-out pair once
+    assert f"preference accuracy after training: {metrics['eval_dpo_preference_accuracy']:.1%}" in printed
     assert (out / "run_history" / "history.csv").read_text().startswith("key,step,value,epoch,wall_time")
+
+
+def test_dpo_accuracy_is_hftrains_pair_count_when_present_else_trls_batch_mean():
+    preference_accuracy = runpy.run_path(os.path.join(REPO, "recipes", "dpo.py"))["preference_accuracy"]
+    trl_only = {"before_loss": 0.7, "eval_rewards/accuracies": 0.5}  # TRL keeps `eval_` whatever the prefix
+    assert preference_accuracy(trl_only) == 0.5
+    assert preference_accuracy({**trl_only, "before_dpo_preference_accuracy": 0.48}) == 0.48
+    assert preference_accuracy({"eval_loss": 0.7}) is None
 
 
 def test_dpo_starts_from_the_sft_output_when_present(dpo_main, tmp_path, capsys):
