@@ -24,6 +24,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
+from trl import maybe_extract_prompt, unpair_preference_dataset
+
 from hftrain import KTOConfig, KTOTrainer, ModelArguments, ScriptArguments
 from hftrain.builtin import preference_splits
 from hftrain.recipe_utils import (
@@ -60,6 +62,15 @@ def parse_args(argv: Optional[list[str]] = None):
     return parse_recipe_args(argv, (ScriptArguments, KTOConfig, ModelArguments, KTOScriptArguments), DEFAULT_CONFIG)
 
 
+def shuffled_unpaired(dataset, seed: int):
+    """The training rows unpaired (when paired) and shuffled with the run's seed. TRL's KTO reads its training rows
+    in order (its KL estimate pairs neighbours) and unpairs a paired set in blocks of 1,000 pairs, all desirable
+    rows before all undesirable ones: unshuffled, each batch held one label only, and the seed changed nothing."""
+    if "label" not in dataset.column_names:  # paired; a set without `prompt` keeps the shared start as its prompt
+        dataset = unpair_preference_dataset(dataset.map(maybe_extract_prompt))
+    return dataset.shuffle(seed=seed)
+
+
 def report(metrics: dict, prefix: str, when: str) -> None:
     """The held-out preference accuracy and reward gap (hftrain's `kto` metrics), on rank 0."""
     accuracy, gap = metrics.get(f"{prefix}_kto_preference_accuracy"), metrics.get(f"{prefix}_kto_reward_gap")
@@ -82,6 +93,7 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
     columns = require_columns(train_dataset, KTO_COLUMNS, "dataset_name")
     if eval_dataset is not None:
         require_columns(eval_dataset, [columns], "dataset_test_split")
+    train_dataset = shuffled_unpaired(train_dataset, training_args.seed)
 
     # 3. Model: the SFT recipe's output when present, else the embedded tiny Llama, or any Hub model by name.
     sft_path = kto_args.sft_output_dir

@@ -25,6 +25,7 @@ from hftrain.builtin import (
 )
 from hftrain.errors import ConfigError
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RL = {"GRPO": (hftrain.GRPOTrainer, hftrain.GRPOConfig), "RLOO": (hftrain.RLOOTrainer, hftrain.RLOOConfig)}
 COMMON = dict(bf16=False, gradient_checkpointing=False, report_to="none", seed=3, disable_tqdm=True, logging_steps=1)
 
@@ -198,6 +199,27 @@ def test_preference_recipes_run_offline_and_print_before_and_after(name, printed
     assert f"{printed} before training" in text and f"{printed} after training" in text
     assert trainer.state.global_step == 4 and metric in metrics
     assert (out / "README.md").exists() and (out / "model.safetensors").exists()
+    if name == "kto":  # TRL reads KTO rows in order: the first batches mix both labels only if they were shuffled
+        assert 0 < sum(trainer.train_dataset["label"][:16]) < 16
+
+
+def test_kto_recipe_unpairs_and_shuffles_with_its_seed():
+    """TRL unpairs a paired set in blocks (every desirable row, then every undesirable one) and reads KTO rows in
+    order; the recipe unpairs and shuffles first, with the run's seed."""
+    from datasets import Dataset
+
+    shuffled_unpaired = runpy.run_path(os.path.join(REPO, "recipes", "kto.py"))["shuffled_unpaired"]
+    paired, _ = preference_splits(64, 4, seed=1)
+    rows = shuffled_unpaired(paired, seed=0)
+    assert len(rows) == 128 and sum(rows["label"]) == 64 and 0 < sum(rows["label"][:16]) < 16
+    assert {(r["prompt"], r["completion"], r["label"]) for r in rows} == {
+        (p["prompt"], p[column], column == "chosen") for p in paired for column in ("chosen", "rejected")
+    }
+    assert rows["completion"] != shuffled_unpaired(paired, seed=1)["completion"]
+    bare = Dataset.from_list([{"chosen": "2+2=4", "rejected": "2+2=5"}])  # no prompt: the shared start is one
+    assert sorted((r["prompt"], r["completion"]) for r in shuffled_unpaired(bare, 0)) == [("2+2=", "4"), ("2+2=", "5")]
+    unpaired = Dataset.from_list([{"prompt": "1+1=", "completion": str(i), "label": i == 2} for i in range(8)])
+    assert sorted(shuffled_unpaired(unpaired, 0)["completion"]) == [str(i) for i in range(8)]  # kept as it is
 
 
 def test_reward_recipe_puts_a_score_head_on_the_sft_output(tmp_path, capsys):
@@ -246,3 +268,30 @@ def test_reward_recipe_without_pairwise_metrics_prints_trls_accuracy(tmp_path, c
     trainer, metrics = main([*flags, *RECIPE_FLAGS])
     assert trainer.state.global_step == 4 and "eval_accuracy" in metrics
     assert "held-out pairwise accuracy before training" in capsys.readouterr().out
+
+
+def test_preference_bench_runs_each_recipe_and_reports_before_after_wall_and_target(tmp_path):
+    """bench/preference.py as a real process on a tiny starting model, one seed, 2 steps per recipe: a row per
+    recipe and seed with both accuracies and the wall time, and a verdict per recipe (not met: exit status 1)."""
+    import subprocess
+    import sys
+
+    tokenizer = build_tokenizer()
+    sft = tmp_path / "sft"
+    build_tiny_causal_lm(tokenizer, hidden_size=32, num_layers=1, num_heads=1).save_pretrained(sft)
+    tokenizer.save_pretrained(sft)
+    tiny = ["--max_steps", "2", "--bundled_train_size", "32", "--bundled_eval_size", "8", "--per_device_train_batch_size",
+            "4", "--per_device_eval_batch_size", "8", "--eval_steps", "2", "--save_steps", "2"]  # fmt: skip
+    command = [sys.executable, os.path.join(REPO, "bench", "preference.py"), "--seeds", "0", "--sft_output_dir",
+               str(sft), "--workdir", str(tmp_path / "bench"), "--json", str(tmp_path / "r.json"), "--", *tiny]  # fmt: skip
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    rows = json.loads((tmp_path / "r.json").read_text())
+    assert [r["recipe"] for r in rows] == ["dpo", "kto", "reward"]
+    assert all({"before", "after"} <= set(r) and 0 < r["wall_s"] < 600 for r in rows)
+    assert [r["before"] for r in rows[:2]] == [0.0, 0.0]  # policy = reference: every pair a tie
+    for name in ("dpo", "kto", "reward"):
+        assert f"{name:6s} seed 0: before" in done.stdout and f"{name:6s} mean after" in done.stdout
+    assert done.stdout.count("target NOT met") == 3
