@@ -340,6 +340,16 @@ def _first_line(exc: Exception) -> str:
 
 
 # -- resume --------------------------------------------------------------------------------------------------
+def reference_scores_in_one_process_only(training_args) -> None:
+    """TRL 1.16 precomputes the reference log-probs into a cache file that several processes write and read at once
+    (each process then fails in `concatenate_datasets`), so under several processes the frozen reference scores
+    each batch as it trains instead; one process keeps the bundled configs' precomputation."""
+    if getattr(training_args, "precompute_ref_log_probs", False) and training_args.world_size > 1:
+        training_args.precompute_ref_log_probs = False
+        if is_main_process():
+            print("[hftrain] precompute_ref_log_probs: off under several processes (TRL's cache file is shared)")
+
+
 def holds_model(path: Optional[str]) -> bool:
     """A folder with a model's config and its weights (a save killed after the config is not a model)."""
     weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")

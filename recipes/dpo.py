@@ -39,6 +39,7 @@ from hftrain.recipe_utils import (
     load_dataset_splits,
     load_tokenizer,
     parse_recipe_args,
+    reference_scores_in_one_process_only,
     require_columns,
     run_main,
     start_run,
@@ -102,6 +103,7 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
     # 1. Arguments: YAML, then command-line overrides; bad keys, types or hardware fail here, before any writing.
     script_args, training_args, model_args, dpo_args = parse_args(argv)
     push_target = start_run(training_args, model_args)
+    reference_scores_in_one_process_only(training_args)
 
     # 2. Data: the bundled arithmetic preferences, or any dataset with prompt/chosen/rejected columns.
     train_dataset, eval_dataset = load_dataset_splits(

@@ -29,6 +29,7 @@ from trl import maybe_extract_prompt, unpair_preference_dataset
 from hftrain import KTOConfig, KTOTrainer, ModelArguments, ScriptArguments
 from hftrain.builtin import preference_splits
 from hftrain.recipe_utils import (
+    Headline,
     apply_peft,
     find_resume_checkpoint,
     finish_run,
@@ -37,6 +38,7 @@ from hftrain.recipe_utils import (
     load_dataset_splits,
     load_tokenizer,
     parse_recipe_args,
+    reference_scores_in_one_process_only,
     require_columns,
     run_main,
     start_run,
@@ -83,6 +85,7 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
     # 1. Arguments: YAML, then command-line overrides; bad keys or types fail here, before any writing.
     script_args, training_args, model_args, kto_args = parse_args(argv)
     push_target = start_run(training_args, model_args)
+    reference_scores_in_one_process_only(training_args)
 
     # 2. Data: the bundled arithmetic preferences (paired; TRL unpairs them), or any KTO or preference dataset.
     train_dataset, eval_dataset = load_dataset_splits(
@@ -130,6 +133,7 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
         dataset=script_args.dataset_name or "arithmetic-preferences",
         task="text-generation",
         push_target=push_target,
+        headline=Headline("held-out preference accuracy", "accuracy", key="eval_kto_preference_accuracy"),
     )
     report(metrics, "eval", "after")
     return trainer, metrics
