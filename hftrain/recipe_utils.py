@@ -360,6 +360,16 @@ def holds_model(path: Optional[str]) -> bool:
     )
 
 
+def start_from_sft_output(model_args, sft_output_dir: Optional[str]) -> None:
+    """Without a named model: start from the SFT recipe's output when it holds a model (the preference recipes'
+    default), by setting `model_args.model_name_or_path`; else leave the embedded default."""
+    if model_args.model_name_or_path or not holds_model(sft_output_dir):
+        return
+    model_args.model_name_or_path = sft_output_dir
+    if is_main_process():
+        print(f"[hftrain] starting from the SFT recipe's output: {os.path.abspath(sft_output_dir)}")
+
+
 def run_recipe_steps(recipe_file: str, flags: list[str], steps: int) -> None:
     """The first `steps` optimizer steps of another recipe's run (its `main(flags)`), as a stage of this one (the
     GRPO recipe's SFT warm-up). The user's `HFTRAIN_<FIELD>` variables are meant for the calling recipe (a GRPO

@@ -33,7 +33,6 @@ from hftrain.recipe_utils import (
     apply_peft,
     find_resume_checkpoint,
     finish_run,
-    holds_model,
     is_main_process,
     load_causal_lm,
     load_dataset_splits,
@@ -42,6 +41,7 @@ from hftrain.recipe_utils import (
     reference_scores_in_one_process_only,
     require_columns,
     run_main,
+    start_from_sft_output,
     start_run,
     train_with_resume,
     untracked,
@@ -64,12 +64,6 @@ class DPOScriptArguments:
             "else from the embedded tiny model. Empty: always the embedded model."
         },
     )
-
-
-def starting_model_path(model_args, dpo_args) -> Optional[str]:
-    """The SFT recipe's output directory when the default run should start from it, else None."""
-    path = dpo_args.sft_output_dir
-    return path if not model_args.model_name_or_path and holds_model(path) else None
 
 
 def preference_accuracy(metrics: dict) -> Optional[float]:
@@ -117,11 +111,7 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
         require_columns(eval_dataset, [columns], "dataset_test_split")
 
     # 3. Model: the SFT recipe's output when present, else the embedded tiny Llama, or any Hub model by name.
-    sft_path = starting_model_path(model_args, dpo_args)
-    if sft_path is not None:
-        model_args.model_name_or_path = sft_path
-        if is_main_process():
-            print(f"[hftrain] starting from the SFT recipe's output: {os.path.abspath(sft_path)}")
+    start_from_sft_output(model_args, dpo_args.sft_output_dir)
     tokenizer = load_tokenizer(model_args)
     model = load_causal_lm(model_args, tokenizer)
     model = apply_peft(model, model_args, training_args)

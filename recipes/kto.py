@@ -41,6 +41,7 @@ from hftrain.recipe_utils import (
     reference_scores_in_one_process_only,
     require_columns,
     run_main,
+    start_from_sft_output,
     start_run,
     train_with_resume,
 )
@@ -99,11 +100,7 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
     train_dataset = shuffled_unpaired(train_dataset, training_args.seed)
 
     # 3. Model: the SFT recipe's output when present, else the embedded tiny Llama, or any Hub model by name.
-    sft_path = kto_args.sft_output_dir
-    if not model_args.model_name_or_path and sft_path and os.path.isfile(os.path.join(sft_path, "config.json")):
-        model_args.model_name_or_path = sft_path
-        if is_main_process():
-            print(f"[hftrain] starting from the SFT recipe's output: {os.path.abspath(sft_path)}")
+    start_from_sft_output(model_args, kto_args.sft_output_dir)
     tokenizer = load_tokenizer(model_args)
     model = apply_peft(load_causal_lm(model_args, tokenizer), model_args, training_args)
     # The reference: a frozen copy (TRL would reload it by name, and an in-memory model has none); with LoRA the
