@@ -21,9 +21,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-from transformers import AutoModelForSequenceClassification, set_seed
+from transformers import AutoConfig, AutoModelForSequenceClassification, set_seed
 
-from hftrain import ModelArguments, ModelLoadError, RewardConfig, RewardTrainer, ScriptArguments
+from hftrain import ConfigError, ModelArguments, ModelLoadError, RewardConfig, RewardTrainer, ScriptArguments
+from hftrain.block_expansion import expanded_config, zero_new_layers
 from hftrain.builtin import build_tiny_reward_model, preference_splits
 from hftrain.recipe_utils import (
     Headline,
@@ -52,6 +53,17 @@ class RewardScriptArguments:
         default="outputs/sft-default",
         metadata={"help": "Without `model_name_or_path`: start from this SFT output (a new score head on it)."},
     )
+    expand_layers: int = field(
+        default=0,
+        metadata={
+            "help": "Block expansion: this many new decoder layers on top of the loaded model, starting as the identity "
+            "(output projections zeroed); every layer trains. Ignored for the embedded tiny model (trained from scratch)."
+        },
+    )
+
+    def __post_init__(self):
+        if self.expand_layers < 0:
+            raise ConfigError(f"expand_layers: expected 0 or more new layers, got {self.expand_layers}")
 
 
 def parse_args(argv: Optional[list[str]] = None):
@@ -69,17 +81,24 @@ def starting_path(model_args, extra) -> Optional[str]:
     return path if holds_model(path) else None
 
 
-def load_reward_model(path: Optional[str], model_args, tokenizer):
-    """A one-score sequence classifier: from `path` (a causal LM gets a new head), or the embedded tiny Llama."""
+def load_reward_model(path: Optional[str], model_args, tokenizer, expand_layers: int = 0):
+    """A one-score sequence classifier: from `path` (a causal LM gets a new head and `expand_layers` new top layers
+    that start as the identity), or the embedded tiny Llama (trained from scratch: nothing to expand)."""
     if path is None:
         heads = max(1, model_args.tiny_hidden_size // 32)
         return build_tiny_reward_model(tokenizer, model_args.tiny_hidden_size, model_args.tiny_num_layers, heads)
+    options = {"revision": model_args.model_revision, "trust_remote_code": model_args.trust_remote_code}
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=1, revision=model_args.model_revision, trust_remote_code=model_args.trust_remote_code
-        )
+        config = AutoConfig.from_pretrained(path, num_labels=1, **options)
+        trained_layers = config.get_text_config().num_hidden_layers
+        config = expanded_config(config, expand_layers)
+        model = AutoModelForSequenceClassification.from_pretrained(path, config=config, **options)
+    except ConfigError:
+        raise
     except Exception as exc:
         raise ModelLoadError(f"model_name_or_path: could not load {path!r} as a reward model ({exc})") from exc
+    if expand_layers:
+        zero_new_layers(model, trained_layers)
     model.config.pad_token_id = tokenizer.pad_token_id  # the score is read at the last token before padding
     return model
 
@@ -107,7 +126,7 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
     model_args.model_name_or_path = path
     tokenizer = load_tokenizer(model_args)
     set_seed(training_args.seed)
-    model = load_reward_model(path, model_args, tokenizer)
+    model = load_reward_model(path, model_args, tokenizer, extra.expand_layers)
     checkpoint = find_resume_checkpoint(training_args, model)
 
     # 4. Trainer: hftrain's RewardTrainer is trl.RewardTrainer plus hftrain's callbacks and `pairwise` metrics.

@@ -240,6 +240,7 @@ RECIPE_CASES = [
         tiny_model_folder,
     ),
     C("model-dir", "sft", "--model_name_or_path {tmp}/modeldir", ("could not load the model in", "no config.json")),
+    C("expand-negative", "reward", "--expand_layers -1", ("expand_layers: expected 0 or more new layers, got -1",)),
     # data (validation: before anything is split or tokenised)
     C("jsonl-empty", "sft", "--dataset_name {tmp}/empty.jsonl", ("empty.jsonl is empty (0 bytes)",)),
     C("jsonl-malformed", "sft", "--dataset_name {tmp}/malformed.jsonl", ("malformed.jsonl line 4 is not valid JSON",)),
