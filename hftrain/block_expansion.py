@@ -27,18 +27,19 @@ def expanded_config(config, count: int):
 
 def zero_new_layers(model, first_new: int) -> None:
     """Zero the output projections of decoder layers `first_new` and above (see the module's docstring)."""
-    layers = getattr(model.base_model, "layers", None) or []
-    for layer in layers[first_new:]:
-        attention, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
-        if not (hasattr(attention, "o_proj") and hasattr(mlp, "down_proj")):
-            layers = []
-            break
-        for projection in (attention.o_proj, mlp.down_proj):
-            projection.weight.data.zero_()
-            if projection.bias is not None:
-                projection.bias.data.zero_()
-    if len(layers) <= first_new:
+    layers = getattr(model.base_model, "layers", None)
+    new = list(layers[first_new:]) if layers is not None else []
+    if not new or not all(_has_output_projections(layer) for layer in new):
         raise ConfigError(
             f"expand_layers: needs decoder layers with self_attn.o_proj and mlp.down_proj (Llama, Qwen, Mistral style); "
             f"{type(model).__name__} has none"
         )
+    for layer in new:
+        for projection in (layer.self_attn.o_proj, layer.mlp.down_proj):
+            projection.weight.data.zero_()
+            if projection.bias is not None:
+                projection.bias.data.zero_()
+
+
+def _has_output_projections(layer) -> bool:
+    return hasattr(getattr(layer, "self_attn", None), "o_proj") and hasattr(getattr(layer, "mlp", None), "down_proj")
