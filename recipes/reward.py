@@ -57,7 +57,7 @@ class RewardScriptArguments:
         default=0,
         metadata={
             "help": "Block expansion: this many new decoder layers on top of the loaded model, starting as the identity "
-            "(output projections zeroed); every layer trains. Ignored for the embedded tiny model (trained from scratch)."
+            "(output projections zeroed); every layer trains. Needs a trained model to start from."
         },
     )
 
@@ -74,16 +74,20 @@ def parse_args(argv: Optional[list[str]] = None):
 
 
 def starting_path(model_args, extra) -> Optional[str]:
-    """The model to load: `model_name_or_path`, else the SFT recipe's output when it holds a model, else None."""
-    path = model_args.model_name_or_path or extra.sft_output_dir
-    if not path or model_args.model_name_or_path:
-        return model_args.model_name_or_path
-    return path if holds_model(path) else None
+    """The model to load: `model_name_or_path`, else the SFT recipe's output when it holds a model, else None (the
+    embedded tiny model, trained from scratch, which `expand_layers` cannot grow)."""
+    path = model_args.model_name_or_path or (extra.sft_output_dir if holds_model(extra.sft_output_dir) else None)
+    if path is None and extra.expand_layers:
+        raise ConfigError(
+            f"expand_layers: needs a trained model to grow (model_name_or_path, or sft_output_dir holding one); "
+            f"{extra.sft_output_dir!r} holds no model"
+        )
+    return path
 
 
 def load_reward_model(path: Optional[str], model_args, tokenizer, expand_layers: int = 0):
     """A one-score sequence classifier: from `path` (a causal LM gets a new head and `expand_layers` new top layers
-    that start as the identity), or the embedded tiny Llama (trained from scratch: nothing to expand)."""
+    that start as the identity), or the embedded tiny Llama."""
     if path is None:
         heads = max(1, model_args.tiny_hidden_size // 32)
         return build_tiny_reward_model(tokenizer, model_args.tiny_hidden_size, model_args.tiny_num_layers, heads)
@@ -107,6 +111,7 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
     """Run the recipe; `callbacks` (e.g. `hftrain tune`'s per-trial pruning callback) are added to the trainer."""
     # 1. Arguments: YAML, then command-line overrides; bad keys or types fail here, before any writing.
     script_args, training_args, model_args, extra = parse_args(argv)
+    path = starting_path(model_args, extra)
     push_target = start_run(training_args, model_args)
 
     # 2. Data: the bundled arithmetic preferences, or any dataset with chosen/rejected columns.
@@ -120,7 +125,6 @@ def main(argv: Optional[list[str]] = None, callbacks: Optional[list] = None):
         require_columns(eval_dataset, [columns], "dataset_test_split")
 
     # 3. Model: the SFT output (or any model) with a one-score head; the head's initial weights come from the seed.
-    path = starting_path(model_args, extra)
     if path is not None and is_main_process():
         print(f"[hftrain] reward model on {os.path.abspath(path) if os.path.isdir(path) else path}")
     model_args.model_name_or_path = path

@@ -241,6 +241,12 @@ RECIPE_CASES = [
     ),
     C("model-dir", "sft", "--model_name_or_path {tmp}/modeldir", ("could not load the model in", "no config.json")),
     C("expand-negative", "reward", "--expand_layers -1", ("expand_layers: expected 0 or more new layers, got -1",)),
+    C(
+        "expand-no-model",
+        "reward",
+        "--expand_layers 2 --sft_output_dir {tmp}/emptydir",
+        ("expand_layers: needs a trained model to grow", "emptydir' holds no model"),
+    ),
     # data (validation: before anything is split or tokenised)
     C("jsonl-empty", "sft", "--dataset_name {tmp}/empty.jsonl", ("empty.jsonl is empty (0 bytes)",)),
     C("jsonl-malformed", "sft", "--dataset_name {tmp}/malformed.jsonl", ("malformed.jsonl line 4 is not valid JSON",)),
